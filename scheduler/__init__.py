@@ -1,0 +1,1 @@
+"""Cobalt: lifelong treatment schedules for vitamin B12 deficiency."""

@@ -1,0 +1,148 @@
+"""Plain values the pure core works with: no database, no clock, no I/O.
+
+The database layer (``scheduler.store``) turns rows into these values, calls the
+pure functions (``planning.plan``, ``alerts.evaluate``) and saves what they
+return. Nothing in this module, nor in the modules that only import it, may
+read the clock or touch the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from enum import StrEnum
+
+
+class Kind(StrEnum):
+    DOSE = "dose"
+    LAB = "lab"
+    REVIEW = "review"
+
+
+class Phase(StrEnum):
+    LOADING = "loading"
+    MAINTENANCE = "maintenance"
+    MONITORING = "monitoring"
+    REVIEW = "review"
+
+
+class Status(StrEnum):
+    PLANNED = "planned"
+    DONE = "done"
+    CANCELLED = "cancelled"
+    HELD = "held"
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    URGENT = "urgent"
+
+
+SEVERITY_RANK = {Severity.URGENT: 0, Severity.WARNING: 1, Severity.INFO: 2}
+
+
+@dataclass(frozen=True)
+class Regimen:
+    """One protocol a patient was on, from ``start`` (a switch starts a new one)."""
+
+    protocol: str
+    start: date
+    maintenance_months: int
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """What was decided at enrolment, and since, about a patient's treatment."""
+
+    regimens: tuple[Regimen, ...]
+    neuro: bool = False
+    renal_impairment: bool = False
+    on_folic_acid: bool = False
+    discharged_on: date | None = None
+
+    @property
+    def current(self) -> Regimen:
+        return self.regimens[-1]
+
+    @property
+    def protocol(self) -> str:
+        return self.current.protocol
+
+    @property
+    def planned_start(self) -> date:
+        """The first regimen's start: the lab anchor until a dose is given."""
+        return self.regimens[0].start
+
+
+@dataclass(frozen=True)
+class GivenDose:
+    """A dose recorded as given; ``key`` is the planned event it completed."""
+
+    key: str
+    given_on: date
+
+
+@dataclass(frozen=True)
+class LabResult:
+    """One recorded result. ``value`` for numbers, ``text`` for qualitative ones."""
+
+    code: str
+    taken_on: date
+    value: float | None = None
+    text: str | None = None
+    order_label: str | None = None
+
+
+@dataclass(frozen=True)
+class ExtraLabOrder:
+    """A lab order the safety rules add (e.g. ``mma`` for a borderline B12)."""
+
+    label: str
+    due: date
+    tests: tuple[str, ...]
+    because: str
+
+
+@dataclass(frozen=True)
+class History:
+    """Everything recorded about a patient that the planner plans from."""
+
+    doses: tuple[GivenDose, ...] = ()
+    labs_done: dict[str, date] = field(default_factory=dict)  # lab event key -> done on
+    reviews_done: tuple[date, ...] = ()  # neuro "improvement continuing?" reviews
+    loading_ended_on: date | None = None  # hydroxo-neuro: no further improvement
+    response_confirmed_on: date | None = None  # cyano: the response gate passed
+    extra_lab_orders: tuple[ExtraLabOrder, ...] = ()
+
+    def given(self, key: str) -> date | None:
+        for dose in self.doses:
+            if dose.key == key:
+                return dose.given_on
+        return None
+
+
+@dataclass(frozen=True)
+class PlannedEvent:
+    """One line of a patient's timeline, past or planned."""
+
+    key: str  # stable natural key within the patient, e.g. "r1:dose:loading:3"
+    kind: Kind
+    phase: Phase
+    seq: int
+    label: str
+    due: date
+    status: Status
+    because: str
+    done_on: date | None = None
+    tests: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A safety alert raised by a rule in ``scheduler.alerts``."""
+
+    code: str
+    severity: Severity
+    message: str
+    since: date
