@@ -104,15 +104,29 @@ class ExtraLabOrder:
     because: str
 
 
+class DecisionKind(StrEnum):
+    REVIEW = "review"  # hydroxo-neuro: improvement continuing, loading goes on
+    END_LOADING = "end-loading"  # hydroxo-neuro: no further improvement
+    CONFIRM_RESPONSE = "confirm-response"  # cyano: response gate passed
+    SWITCH = "switch"
+    DISCHARGE = "discharge"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A clinician's decision, dated; it applies to the regimen running on that date."""
+
+    kind: DecisionKind
+    on: date
+
+
 @dataclass(frozen=True)
 class History:
     """Everything recorded about a patient that the planner plans from."""
 
     doses: tuple[GivenDose, ...] = ()
     labs_done: dict[str, date] = field(default_factory=dict)  # lab event key -> done on
-    reviews_done: tuple[date, ...] = ()  # neuro "improvement continuing?" reviews
-    loading_ended_on: date | None = None  # hydroxo-neuro: no further improvement
-    response_confirmed_on: date | None = None  # cyano: the response gate passed
+    decisions: tuple[Decision, ...] = ()
     extra_lab_orders: tuple[ExtraLabOrder, ...] = ()
 
     def given(self, key: str) -> date | None:

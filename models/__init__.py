@@ -1,0 +1,141 @@
+"""Cobalt's tables: one SQLModel class per table.
+
+State that must survive a restart (the plan, what was given and measured, the
+decisions, the outbox, the alerts) lives here, not in APScheduler's job store.
+Timestamps are timezone-aware UTC set in Python (``utcnow``), never by the
+database's clock, so time-travel tests can move them.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from sqlalchemy import Column, Index, MetaData, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from models.types import UTCDateTime, utcnow
+
+# Stable constraint names, so migrations name what they create and drop.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata: MetaData = SQLModel.metadata
+
+
+def _ts(**kw: object) -> object:
+    return Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False, **kw))  # type: ignore[arg-type]
+
+
+def _ts_null(**kw: object) -> object:
+    return Field(default=None, sa_column=Column(UTCDateTime(), nullable=True, **kw))  # type: ignore[arg-type]
+
+
+class PatientBase(SQLModel):
+    mrn: str = Field(max_length=64, unique=True, index=True)
+    name: str = Field(max_length=200)
+    email: str | None = Field(default=None, max_length=320)
+    neuro: bool = False
+    renal_impairment: bool = False
+    on_folic_acid: bool = False
+    pernicious: bool = False  # lifelong parenteral B12 (intrinsic factor antibodies)
+    opted_out: bool = False  # the patient receives no messages; the clinic still does
+
+
+class Patient(PatientBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    status: str = Field(default="active", max_length=16)  # active | discharged
+    discharged_on: date | None = None
+    discharge_reason: str | None = None
+    # The plan reaches this day; the pass replans patients whose plan runs short.
+    planned_through: date | None = Field(default=None, index=True)
+    created_at: datetime = _ts()  # type: ignore[assignment]
+    updated_at: datetime = _ts()  # type: ignore[assignment]
+
+
+class Regimen(SQLModel, table=True):
+    """A protocol the patient is on from ``start``; a switch adds the next one."""
+
+    __table_args__ = (UniqueConstraint("patient_id", "number"),)
+    id: int | None = Field(default=None, primary_key=True)
+    patient_id: int = Field(foreign_key="patient.id", index=True)
+    number: int
+    protocol: str = Field(max_length=32)
+    start: date
+    maintenance_months: int
+    created_at: datetime = _ts()  # type: ignore[assignment]
+
+
+class Event(SQLModel, table=True):
+    """One line of a patient's timeline, as the planner last planned it."""
+
+    __table_args__ = (
+        UniqueConstraint("patient_id", "key"),
+        Index("ix_event_status_due", "status", "due"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    patient_id: int = Field(foreign_key="patient.id")
+    key: str = Field(max_length=64)
+    kind: str = Field(max_length=16)
+    phase: str = Field(max_length=16)
+    seq: int
+    label: str = Field(max_length=32)
+    due: date
+    status: str = Field(max_length=16)
+    done_on: date | None = None
+    tests: str = Field(default="", max_length=200)  # space-separated test codes
+    because: str = Field(max_length=400)
+    updated_at: datetime = _ts()  # type: ignore[assignment]
+
+
+class Dose(SQLModel, table=True):
+    """A dose given; one a day at most."""
+
+    __table_args__ = (UniqueConstraint("patient_id", "given_on"),)
+    id: int | None = Field(default=None, primary_key=True)
+    patient_id: int = Field(foreign_key="patient.id")
+    event_key: str = Field(max_length=64)
+    given_on: date
+    recorded_by: str = Field(max_length=64)
+    recorded_at: datetime = _ts()  # type: ignore[assignment]
+
+
+class LabResult(SQLModel, table=True):
+    __tablename__ = "lab_result"  # type: ignore[assignment]
+
+    id: int | None = Field(default=None, primary_key=True)
+    patient_id: int = Field(foreign_key="patient.id", index=True)
+    code: str = Field(max_length=32)
+    value: float | None = None
+    text: str | None = Field(default=None, max_length=32)
+    unit: str = Field(default="", max_length=32)
+    taken_on: date
+    order_key: str | None = Field(default=None, max_length=64)  # the lab order it completed
+    recorded_by: str = Field(max_length=64)
+    recorded_at: datetime = _ts()  # type: ignore[assignment]
+
+
+class Decision(SQLModel, table=True):
+    """A clinician's decision: review, end-loading, confirm-response, switch, discharge."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    patient_id: int = Field(foreign_key="patient.id", index=True)
+    kind: str = Field(max_length=32)
+    on: date
+    note: str | None = Field(default=None, max_length=400)
+    recorded_by: str = Field(max_length=64)
+    recorded_at: datetime = _ts()  # type: ignore[assignment]
+
+
+class Audit(SQLModel, table=True):
+    """Every change: what, when, by whom. Details name records, not clinical values."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = _ts()  # type: ignore[assignment]
+    actor: str = Field(max_length=64)
+    action: str = Field(max_length=32)
+    patient_id: int | None = Field(default=None, foreign_key="patient.id", index=True)
+    detail: str = Field(default="", max_length=2000)

@@ -1,0 +1,419 @@
+"""The ``cobalt`` command line (SPEC section 3).
+
+The clock is read here, once per command, and passed down. Errors become one
+line on stderr: exit status 2 for bad input (nothing was changed), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime
+from typing import Any, NoReturn
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from scheduler import db, service
+from scheduler.config import Settings, load_settings
+from scheduler.errors import BadInput, CobaltError
+from scheduler.passes import local_today, run_pass
+from scheduler.protocols import PROTOCOLS
+from scheduler.store import event_json, get_patient, load_record, sorted_events
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise BadInput(message)
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _datetime(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date-time") from None
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _months(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of months") from None
+
+
+class App:
+    """What a command needs: settings, the database, the clock read once, the actor."""
+
+    def __init__(self, args: argparse.Namespace, settings: Settings, now: datetime) -> None:
+        self.args = args
+        self.settings = settings
+        self.now = now
+        self.today = local_today(settings, now)
+        self.actor = (getattr(args, "by", None) or _os_user())[:64]
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = db.make_engine(self.settings.database_url)
+            db.ensure_schema(self._engine)
+        return self._engine
+
+    def context(self) -> service.Context:
+        return service.Context(self.settings.clinic.calendar(), self.today, self.actor)
+
+    def out(self, data: Any, text: str | Callable[[], str]) -> None:
+        if getattr(self.args, "json", False):
+            print(json.dumps(data, indent=2, default=str))
+        else:
+            print(text() if callable(text) else text)
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+# -- commands ----------------------------------------------------------------------
+
+
+def cmd_db(app: App) -> None:
+    engine = db.make_engine(app.settings.database_url)
+    if app.args.db_command == "upgrade":
+        db.upgrade(engine, "head")
+        print(f"database at {db.current_revision(engine)} (newest)")
+    elif app.args.db_command == "downgrade":
+        db.downgrade(engine, app.args.revision)
+        print(f"database at {db.current_revision(engine) or 'base'}")
+    else:
+        current = db.current_revision(engine)
+        head = db.head_revision()
+        print(f"database at {current or 'base'}; newest is {head}")
+
+
+def cmd_protocols(app: App) -> None:
+    data = service.protocols_json()
+
+    def text() -> str:
+        lines = []
+        for p in PROTOCOLS.values():
+            lines.append(f"{p.id}: {p.drug} {p.dose} {p.route}")
+            lines.append(f"  {p.summary}")
+            for phase in p.loading:
+                if phase.open_ended:
+                    lines.append(f"  {phase.label}: every {phase.every} days, open-ended")
+                else:
+                    gate = " (held until the response is confirmed)" if phase.gated else ""
+                    lines.append(f"  {phase.label}: {phase.doses} doses, intervals "
+                                 f"{', '.join(map(str, phase.intervals))} days{gate}")
+            months = " or ".join(map(str, sorted(p.maintenance_months)))
+            lines.append(f"  maintenance: every {months} month(s), for life")
+        return "\n".join(lines)
+
+    app.out(data, text)
+
+
+def cmd_enroll(app: App) -> None:
+    a = app.args
+    with db.transaction(app.engine) as session:
+        patient = service.enroll(
+            session, app.context(), mrn=a.mrn, name=a.name, email=a.email, protocol=a.protocol,
+            start=a.start, neuro=a.neuro, renal_impairment=a.renal_impairment, egfr=a.egfr,
+            platelets=a.platelets, hb=a.hb, maintenance_months=a.maintenance_months,
+            on_folic_acid=a.on_folic_acid,
+        )
+        record = load_record(session, patient)
+        data = _schedule_json(record)
+    app.out(data, f"enrolled {patient.mrn} on {data['patient']['protocol']} from "
+                  f"{data['patient']['start']}")
+
+
+def _schedule_json(record: Any) -> dict[str, Any]:
+    from scheduler.safety import alerts_json  # noqa: PLC0415 (optional until safety lands)
+
+    p = record.patient
+    regimens = sorted(record.regimens, key=lambda r: r.number)
+    current = regimens[-1]
+    return {
+        "patient": {
+            "mrn": p.mrn, "name": p.name, "email": p.email, "protocol": current.protocol,
+            "start": regimens[0].start.isoformat(), "protocol_start": current.start.isoformat(),
+            "maintenance_months": current.maintenance_months, "neuro": p.neuro,
+            "renal_impairment": p.renal_impairment, "on_folic_acid": p.on_folic_acid,
+            "pernicious": p.pernicious, "opted_out": p.opted_out, "status": p.status,
+            "discharged_on": p.discharged_on.isoformat() if p.discharged_on else None,
+            "regimens": [{"protocol": r.protocol, "start": r.start.isoformat(),
+                          "maintenance_months": r.maintenance_months} for r in regimens],
+        },
+        "events": [event_json(e) for e in sorted_events(record.events)],
+        "alerts": alerts_json(record),
+    }
+
+
+def _table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+    fmt = lambda row: "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=False)).rstrip()  # noqa: E731
+    return "\n".join([fmt(headers), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+
+def cmd_schedule(app: App) -> None:
+    with db.transaction(app.engine) as session:
+        record = load_record(session, get_patient(session, app.args.mrn))
+        data = _schedule_json(record)
+
+    def text() -> str:
+        p = data["patient"]
+        head = f"{p['mrn']}  {p['name']}  {p['protocol']}  from {p['start']}  ({p['status']})"
+        rows = []
+        for e in data["events"]:
+            overdue = e["status"] == "planned" and e["due"] < app.today.isoformat()
+            status = "OVERDUE" if overdue else e["status"]
+            rows.append([str(e["id"]), e["due"], e["kind"], e["label"], str(e["seq"]), status,
+                         e["done_on"] or "", e["because"]])
+        lines = [head, _table(rows, ["id", "due", "kind", "label", "seq", "status", "done", "because"])]
+        for alert in data["alerts"]:
+            lines.append(f"ALERT {alert['severity']}: {alert['code']} since {alert['since']}: "
+                         f"{alert['message']}")
+        return "\n".join(lines)
+
+    app.out(data, text)
+
+
+def cmd_due(app: App) -> None:
+    from scheduler.safety import open_alerts_by_patient  # noqa: PLC0415
+
+    on = app.args.on or app.today
+    days = app.args.days or 0
+    if days < 0:
+        raise BadInput("--days must not be negative")
+    until = date.fromordinal(on.toordinal() + days)
+    with db.transaction(app.engine) as session:
+        rows = service.worklist(session, until)
+        alerts = open_alerts_by_patient(session, {p.id for _, p in rows if p.id is not None})
+        data = []
+        for event, patient in rows:
+            item = event_json(event)
+            item.update(mrn=patient.mrn, name=patient.name, overdue=event.due < on,
+                        alerts=alerts.get(patient.id, []))
+            data.append(item)
+
+    def text() -> str:
+        if not data:
+            return f"nothing due on or before {until.isoformat()}"
+        rows = [[e["due"], "OVERDUE" if e["overdue"] else "due", e["mrn"], e["name"], e["kind"],
+                 e["label"], str(e["seq"]), e["because"]
+                 + "".join(f" [ALERT {a['severity']}: {a['code']}]" for a in e["alerts"])]
+                for e in data]
+        return _table(rows, ["due", "", "mrn", "name", "kind", "label", "seq", "because"])
+
+    app.out(data, text)
+
+
+def cmd_give(app: App) -> None:
+    with db.transaction(app.engine) as session:
+        event = service.give(session, app.context(), app.args.mrn, app.args.on)
+        data = {"mrn": app.args.mrn, "given_on": (app.args.on or app.today).isoformat(),
+                "event": event_json(event)}
+    app.out(data, f"{app.args.mrn}: {event.kind} {event.label} {event.seq} given on {data['given_on']}")
+
+
+def cmd_lab(app: App) -> None:
+    with db.transaction(app.engine) as session:
+        order = service.record_lab(session, app.context(), app.args.mrn, app.args.result or [],
+                                   on=app.args.on, order=app.args.order)
+        data = {"mrn": app.args.mrn, "on": (app.args.on or app.today).isoformat(),
+                "order": event_json(order) if order else None}
+    app.out(data, f"{app.args.mrn}: results recorded"
+                  + (f", lab order {order.label} (due {order.due}) completed" if order else
+                     ", no open lab order"))
+
+
+def _decision(fn: Callable[..., None], done: str) -> Callable[[App], None]:
+    def command(app: App) -> None:
+        with db.transaction(app.engine) as session:
+            fn(session, app.context(), app.args.mrn, app.args.on)
+        print(f"{app.args.mrn}: {done} on {(app.args.on or app.today).isoformat()}")
+    return command
+
+
+def cmd_discharge(app: App) -> None:
+    with db.transaction(app.engine) as session:
+        service.discharge(session, app.context(), app.args.mrn, app.args.reason, app.args.on)
+    print(f"{app.args.mrn}: discharged on {(app.args.on or app.today).isoformat()}")
+
+
+def _opt(opted_out: bool) -> Callable[[App], None]:
+    def command(app: App) -> None:
+        with db.transaction(app.engine) as session:
+            changed = service.set_opt_out(session, app.context(), app.args.mrn, opted_out)
+        state = "opted out of messages" if opted_out else "receives messages"
+        print(f"{app.args.mrn}: {state}" + ("" if changed else " (unchanged)"))
+    return command
+
+
+def cmd_switch(app: App) -> None:
+    with db.transaction(app.engine) as session:
+        regimen = service.switch(session, app.context(), app.args.mrn, app.args.protocol,
+                                 app.args.on, app.args.maintenance_months)
+    print(f"{app.args.mrn}: switched to {regimen.protocol} from {regimen.start.isoformat()}")
+
+
+def cmd_tick(app: App) -> None:
+    now = app.args.now or app.now
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=app.settings.clinic.tz)
+    report = run_pass(app.engine, app.settings, now.astimezone(UTC))
+    app.out(report.__dict__, f"pass at {now.isoformat()}: {report}")
+
+
+def cmd_run(app: App) -> None:
+    from scheduler.runner import run_forever  # noqa: PLC0415
+
+    run_forever(app.engine, app.settings)
+
+
+def cmd_outbox(app: App) -> None:
+    from scheduler.outbox import outbox_json, outbox_text  # noqa: PLC0415
+
+    with db.transaction(app.engine) as session:
+        data = outbox_json(session)
+    app.out(data, lambda: outbox_text(data))
+
+
+def cmd_alerts(app: App) -> None:
+    from scheduler.safety import alerts_text, list_open_alerts  # noqa: PLC0415
+
+    with db.transaction(app.engine) as session:
+        data = list_open_alerts(session)
+    app.out(data, lambda: alerts_text(data))
+
+
+def cmd_ack(app: App) -> None:
+    from scheduler.safety import acknowledge  # noqa: PLC0415
+
+    with db.transaction(app.engine) as session:
+        acknowledge(session, app.context(), app.args.mrn, app.args.code)
+    print(f"{app.args.mrn}: alert {app.args.code} acknowledged")
+
+
+# -- the parser --------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cobalt", description="Lifelong B12 treatment schedules and reminders.")
+    parser.add_argument("--by", help="who is acting, for the audit trail (default: the OS user)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add(name: str, fn: Callable[[App], None], help: str, json_flag: bool = False,
+            mrn: bool = False, on: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(fn=fn)
+        p.add_argument("--by", default=argparse.SUPPRESS, help="who is acting (audit trail)")
+        if mrn:
+            p.add_argument("mrn", help="the patient's medical record number")
+        if on:
+            p.add_argument("--on", type=_date, help="the date (YYYY-MM-DD; default today)")
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="print JSON")
+        return p
+
+    p = add("db", cmd_db, "database migrations")
+    dbsub = p.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
+    dbsub.add_parser("upgrade", help="apply every migration (Alembic)")
+    down = dbsub.add_parser("downgrade", help="step back to a revision ('base' for empty)")
+    down.add_argument("revision")
+    dbsub.add_parser("current", help="the database's revision and the newest")
+
+    add("protocols", cmd_protocols, "the protocols and their phases", json_flag=True)
+
+    p = add("enroll", cmd_enroll, "enrol a patient", json_flag=True)
+    p.add_argument("--mrn", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--email")
+    p.add_argument("--protocol", help="hydroxo-neuro (default with --neuro), hydroxo (default), cyano")
+    p.add_argument("--start", type=_date, help="the planned start (default today)")
+    p.add_argument("--neuro", action="store_true", help="neurological symptoms")
+    p.add_argument("--renal-impairment", action="store_true")
+    p.add_argument("--egfr", type=_number, help="eGFR, mL/min/1.73m2")
+    p.add_argument("--platelets", type=_number, help="platelets, 10^9/L")
+    p.add_argument("--hb", type=_number, help="haemoglobin, g/dL")
+    p.add_argument("--maintenance-months", type=_months, help="2 or 3 (hydroxo)")
+    p.add_argument("--on-folic-acid", action="store_true")
+
+    add("schedule", cmd_schedule, "a patient's whole timeline", json_flag=True, mrn=True)
+    p = add("due", cmd_due, "the worklist: planned events due (and overdue)", json_flag=True, on=True)
+    p.add_argument("--days", type=int, default=0, help="also what is due within N days after")
+    add("give", cmd_give, "record the next planned dose as given", json_flag=True, mrn=True, on=True)
+    p = add("lab", cmd_lab, "record lab results", json_flag=True, mrn=True, on=True)
+    p.add_argument("--order", help="the lab order label to complete (e.g. 3-month)")
+    p.add_argument("--result", action="append", metavar="CODE=VALUE", help="a result; repeat")
+    add("end-loading", _decision(service.end_loading, "loading ended"),
+        "hydroxo-neuro: no further improvement; maintenance follows", mrn=True, on=True)
+    add("confirm-response", _decision(service.confirm_response, "response confirmed"),
+        "cyano: improvement and reticulocyte response confirmed; phase 2 follows", mrn=True, on=True)
+    add("review", _decision(service.review, "review recorded (improvement continuing)"),
+        "hydroxo-neuro: the review found improvement continuing; loading goes on", mrn=True, on=True)
+    p = add("discharge", cmd_discharge, "treatment ends: cancel what is not done", mrn=True, on=True)
+    p.add_argument("--reason", required=True)
+    add("opt-out", _opt(True), "the patient receives no messages", mrn=True)
+    add("opt-in", _opt(False), "the patient receives messages again", mrn=True)
+    p = add("switch", cmd_switch, "move a patient to another protocol", mrn=True, on=True)
+    p.add_argument("--protocol", required=True)
+    p.add_argument("--maintenance-months", type=_months)
+    p = add("tick", cmd_tick, "one scheduler pass", json_flag=True)
+    p.add_argument("--now", type=_datetime, help="the pass's time (ISO; default now)")
+    add("run", cmd_run, "the background scheduler, until stopped")
+    add("outbox", cmd_outbox, "queued, sent and failed messages", json_flag=True)
+    add("alerts", cmd_alerts, "open safety alerts, most urgent first", json_flag=True)
+    p = add("ack", cmd_ack, "acknowledge (close) an open alert", mrn=True)
+    p.add_argument("code")
+    return parser
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        settings = load_settings()
+        app = App(args, settings, datetime.now(UTC))
+        args.fn(app)
+        return 0
+    except BadInput as exc:
+        print(f"cobalt: {exc}", file=sys.stderr)
+        return 2
+    except CobaltError as exc:
+        print(f"cobalt: {exc}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as exc:
+        print(f"cobalt: database error: {str(exc.orig if hasattr(exc, 'orig') else exc).splitlines()[0]}",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def main() -> NoReturn:
+    sys.exit(run())

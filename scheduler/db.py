@@ -1,0 +1,151 @@
+"""Engines, sessions and the schema's migrations.
+
+SQLite is the embedded default: every transaction there starts with
+``BEGIN IMMEDIATE`` so two writers queue on the database lock instead of failing
+half-way. PostgreSQL is the scale-out: URLs ``postgresql://`` and
+``postgres://`` use psycopg 3.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import make_url
+from sqlmodel import Session
+
+import models  # noqa: F401  (the tables must be known to the metadata)
+from alembic import command
+from scheduler.errors import CobaltError, ConfigError, SchemaOutOfDate
+
+ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
+# Any number, the same in every process: serialises first-use migrations on PostgreSQL.
+_MIGRATION_LOCK = 0x0C0BA17
+
+
+def normalise_url(url: str) -> str:
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
+def make_engine(url: str, **kw: Any) -> Engine:
+    url = normalise_url(url)
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise ConfigError(f"database_url {url!r} is not a database URL") from None
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(url, connect_args={"timeout": 60}, **kw)
+        _sqlite_pragmas(engine)
+        return engine
+    try:
+        return create_engine(url, pool_pre_ping=True, **kw)
+    except ModuleNotFoundError:
+        raise ConfigError(
+            "PostgreSQL needs the psycopg driver: pip install 'cobalt[postgres]'"
+        ) from None
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        if engine.url.database not in (None, "", ":memory:"):
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    """One unit of work: committed on success, rolled back on any error."""
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        yield session
+
+
+# -- migrations ----------------------------------------------------------------
+
+
+def alembic_config(engine: Engine) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(ALEMBIC_DIR))
+    config.attributes["engine"] = engine
+    return config
+
+
+@functools.cache
+def head_revision() -> str:
+    script = ScriptDirectory(str(ALEMBIC_DIR))
+    head = script.get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK})
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK})
+            conn.commit()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    with _migration_lock(engine):
+        command.upgrade(alembic_config(engine), revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    with _migration_lock(engine):
+        command.downgrade(alembic_config(engine), revision)
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Migrate a brand-new database; refuse one that is behind the newest migration."""
+    current = current_revision(engine)
+    if current == head_revision():
+        return
+    if current is None and not (set(inspect(engine).get_table_names()) & set(models.metadata.tables)):
+        upgrade(engine)
+        return
+    script = ScriptDirectory(str(ALEMBIC_DIR))
+    known = {rev.revision for rev in script.walk_revisions()}
+    if current is not None and current not in known:
+        raise CobaltError(
+            f"the database is at revision {current}, which this version of Cobalt does not know"
+        )
+    raise SchemaOutOfDate(
+        f"the database schema is at {current or 'no revision'}, behind {head_revision()}: "
+        "run `cobalt db upgrade`"
+    )

@@ -1,0 +1,258 @@
+"""Deliver rendered messages: by SMTP, or as ``.eml`` files in an outbox folder.
+
+Rendering is ``scheduler.messages``' job; a mailer only sends what it is given.
+Every failure is one of two exceptions, so the caller knows whether to retry:
+
+- ``TemporarySendError``: try again later (no connection, a timeout, a 4xx
+  reply, a dropped connection, or a problem with the connection itself, such
+  as a refused login, that says nothing about this message);
+- ``PermanentSendError``: the server refused this message for good (a 5xx
+  reply to MAIL FROM, RCPT TO or DATA); retrying will not help.
+
+Log lines name only the Message-ID and the kind: never an address, a name or a
+subject, which can identify a patient. Exception texts may carry the server's
+reply (with the recipient's address masked) for the outbox's error column.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import logging
+import os
+import re
+import smtplib
+import ssl
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Protocol
+
+from scheduler.errors import CobaltError
+from scheduler.messages import Message
+
+log = logging.getLogger(__name__)
+
+
+class TemporarySendError(CobaltError):
+    """The message was not sent this time; sending it again later may work."""
+
+
+class PermanentSendError(CobaltError):
+    """The server refused the message for good; sending it again will not help."""
+
+
+def to_email(message: Message, sender: str, *, date: datetime | None = None) -> EmailMessage:
+    """The MIME form of ``message``: multipart/alternative, plain text then HTML."""
+    mail = EmailMessage()
+    mail["From"] = sender
+    mail["To"] = message.to
+    mail["Subject"] = message.subject
+    mail["Date"] = email.utils.format_datetime(date or datetime.now(UTC))
+    mail["Message-ID"] = message.message_id
+    # Tells autoresponders (out-of-office replies) not to answer; people still can.
+    mail["Auto-Submitted"] = "auto-generated"
+    mail.set_content(message.text)
+    mail.add_alternative(message.html, subtype="html")
+    return mail
+
+
+class Sender(Protocol):
+    """What a mailer's session yields: sends one message, or raises a send error."""
+
+    def send(self, message: Message) -> None: ...
+
+
+class Mailer(Protocol):
+    """Opens a session in which a batch of messages is sent."""
+
+    def session(self) -> contextlib.AbstractContextManager[Sender]: ...
+
+
+class SmtpMailer:
+    """Sends by SMTP, over one connection per session (opened at the first send)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        sender: str,
+        username: str = "",
+        password: str = "",
+        starttls: bool = False,
+        timeout: float = 30.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.sender = sender
+        self.username = username
+        self.password = password
+        self.starttls = starttls
+        self.timeout = timeout
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[SmtpSession]:
+        smtp_session = SmtpSession(self)
+        try:
+            yield smtp_session
+        finally:
+            smtp_session.close()
+
+    def connect(self) -> smtplib.SMTP:
+        """A ready connection (greeted, secured and logged in as configured)."""
+        try:
+            connection = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        except (smtplib.SMTPException, OSError) as exc:
+            raise TemporarySendError(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
+        try:
+            connection.ehlo()
+            if self.starttls:
+                connection.starttls(context=ssl.create_default_context())
+                connection.ehlo()
+            if self.username:
+                connection.login(self.username, self.password)
+        except (smtplib.SMTPException, OSError) as exc:
+            _close_quietly(connection)
+            # Connection-level trouble says nothing about any one message.
+            raise TemporarySendError(
+                f"SMTP session with {self.host}:{self.port} failed: {exc}"
+            ) from exc
+        return connection
+
+
+class SmtpSession:
+    """One batch: reuses its connection, and reconnects after a temporary error."""
+
+    def __init__(self, mailer: SmtpMailer) -> None:
+        self._mailer = mailer
+        self._connection: smtplib.SMTP | None = None
+
+    def send(self, message: Message) -> None:
+        mail = to_email(message, self._mailer.sender)
+        error: TemporarySendError | PermanentSendError
+        cause: BaseException | None = None
+        try:
+            if self._connection is None:
+                self._connection = self._mailer.connect()
+            refused = self._connection.send_message(
+                mail, from_addr=self._mailer.sender, to_addrs=[message.to]
+            )
+        except TemporarySendError as exc:
+            error, cause = exc, exc.__cause__
+        except smtplib.SMTPRecipientsRefused as exc:
+            error, cause = _recipients_error(exc.recipients, message.to), exc
+        except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
+            stage = "MAIL FROM" if isinstance(exc, smtplib.SMTPSenderRefused) else "DATA"
+            error, cause = _reply_error(stage, exc.smtp_code, exc.smtp_error, message.to), exc
+        except smtplib.SMTPNotSupportedError as exc:
+            # The message needs an extension (SMTPUTF8) this server lacks.
+            error, cause = PermanentSendError(f"server cannot take this message: {exc}"), exc
+        except (smtplib.SMTPException, OSError) as exc:
+            error = TemporarySendError(f"SMTP connection failed: {type(exc).__name__}: {exc}")
+            cause = exc
+        else:
+            if refused:  # some recipients refused; we only ever send to one
+                error = _recipients_error(refused, message.to)
+            else:
+                log.info("sent %s (%s)", message.message_id, message.kind)
+                return
+        if isinstance(error, TemporarySendError):
+            # The connection may be dead or half-way through a transaction: drop it
+            # without a QUIT (which could wait out the timeout again); the next send
+            # reconnects.
+            self._discard()
+        log.warning(
+            "%s failure sending %s (%s)",
+            "temporary" if isinstance(error, TemporarySendError) else "permanent",
+            message.message_id,
+            message.kind,
+        )
+        raise error from cause
+
+    def _discard(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            _close_quietly(connection)
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        try:
+            connection.quit()
+        except (smtplib.SMTPException, OSError):
+            _close_quietly(connection)
+
+
+def _close_quietly(connection: smtplib.SMTP) -> None:
+    with contextlib.suppress(OSError):
+        connection.close()
+
+
+def _recipients_error(
+    refused: dict[str, tuple[int, bytes]], to: str
+) -> TemporarySendError | PermanentSendError:
+    code, reply = next(iter(refused.values()))
+    return _reply_error("RCPT TO", code, reply, to)
+
+
+def _reply_error(
+    stage: str, code: int, reply: bytes | str, to: str
+) -> TemporarySendError | PermanentSendError:
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+    text = " ".join(text.replace(to, "<recipient>").split())
+    detail = f"SMTP {code} on {stage}: {text}"
+    if 500 <= code < 600:
+        return PermanentSendError(detail)
+    return TemporarySendError(detail)
+
+
+class FileMailer:
+    """Writes each message to ``outbox_dir`` as ``<message-id>.eml``, for when there is no SMTP.
+
+    The same message always goes to the same file, written atomically: sending
+    it twice leaves one complete file.
+    """
+
+    def __init__(self, outbox_dir: Path, sender: str) -> None:
+        self.outbox_dir = Path(outbox_dir)
+        self.sender = sender
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[FileMailer]:
+        yield self
+
+    def path_for(self, message: Message) -> Path:
+        return self.outbox_dir / f"{safe_file_name(message.message_id)}.eml"
+
+    def send(self, message: Message) -> None:
+        target = self.path_for(message)
+        data = to_email(message, self.sender).as_bytes()
+        try:
+            self.outbox_dir.mkdir(parents=True, exist_ok=True)
+            fd, temp_name = tempfile.mkstemp(dir=self.outbox_dir, prefix=".", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as file:
+                    file.write(data)
+                    file.flush()
+                    os.fsync(file.fileno())
+                os.replace(temp_name, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp_name)
+                raise
+        except OSError as exc:
+            log.warning("cannot write %s (%s) to the outbox", message.message_id, message.kind)
+            raise TemporarySendError(f"cannot write to {self.outbox_dir}: {exc}") from exc
+        log.info("wrote %s (%s) to the outbox", message.message_id, message.kind)
+
+
+def safe_file_name(message_id: str) -> str:
+    """``<cobalt.ab12@example.org>`` -> ``cobalt.ab12@example.org``; odd characters -> ``_``."""
+    name = re.sub(r"[^A-Za-z0-9._@+-]", "_", message_id.strip().strip("<>"))
+    name = name.lstrip(".")  # no hidden files, no "..": the temp files start with "."
+    if not name:
+        raise ValueError(f"no file name in message id {message_id!r}")
+    return name

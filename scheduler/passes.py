@@ -1,0 +1,79 @@
+"""The scheduler pass: what ``cobalt tick`` and each ``cobalt run`` job do.
+
+One ``now`` per pass, read by the caller and passed down. Every step claims its
+work in the database, so any number of processes may run passes at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from sqlalchemy import Engine
+from sqlmodel import col, select
+
+from models import Patient
+from scheduler.config import Settings
+from scheduler.db import transaction
+from scheduler.planning import ROLL_FORWARD_BELOW_MONTHS, add_months
+from scheduler.store import replan_many
+
+log = logging.getLogger("cobalt.pass")
+
+
+@dataclass
+class PassReport:
+    replanned: int = 0
+    queued: int = 0
+    sent: int = 0
+    skipped: int = 0
+    retried: int = 0
+    failed: int = 0
+
+    def __str__(self) -> str:
+        return (
+            f"replanned {self.replanned}, queued {self.queued}, sent {self.sent}, "
+            f"skipped {self.skipped}, retried {self.retried}, failed {self.failed}"
+        )
+
+
+def local_today(settings: Settings, now: datetime) -> date:
+    return now.astimezone(settings.clinic.tz).date()
+
+
+def roll_forward(engine: Engine, settings: Settings, now: datetime) -> int:
+    """Replan every active patient whose plan reaches less than 12 months ahead.
+
+    Works in batches through the ``planned_through`` index; on PostgreSQL each
+    batch is claimed with ``FOR UPDATE SKIP LOCKED`` so several processes share
+    the work instead of repeating it.
+    """
+    today = local_today(settings, now)
+    calendar = settings.clinic.calendar()
+    threshold = add_months(today, ROLL_FORWARD_BELOW_MONTHS)
+    total = 0
+    while True:
+        with transaction(engine) as session:
+            query = (
+                select(Patient)
+                .where(Patient.status == "active", col(Patient.planned_through) < threshold)
+                .order_by(col(Patient.planned_through))
+                .limit(settings.scheduler.replan_batch)
+            )
+            if engine.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            patients = list(session.exec(query))
+            if not patients:
+                break
+            replan_many(session, patients, calendar, today)
+            total += len(patients)
+    if total:
+        log.info("rolled %d plans forward", total)
+    return total
+
+
+def run_pass(engine: Engine, settings: Settings, now: datetime) -> PassReport:
+    report = PassReport()
+    report.replanned = roll_forward(engine, settings, now)
+    return report

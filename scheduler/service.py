@@ -1,0 +1,352 @@
+"""What each command does, in one transaction each: check the request, record it,
+audit it and replan the patient. Every check runs before anything is written,
+and any error rolls the whole transaction back, so bad input changes nothing.
+
+``today`` (the clinic's local date) and ``actor`` come from the edge; nothing
+here reads the clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+
+from sqlmodel import Session, col, select
+
+from models import Decision, Dose, Event, LabResult, Patient, Regimen
+from scheduler import labs
+from scheduler.alerts import EGFR_RENAL, is_pernicious
+from scheduler.clinic_calendar import ClinicCalendar
+from scheduler.domain import DecisionKind, Status
+from scheduler.errors import BadInput
+from scheduler.protocols import PROTOCOLS, check_maintenance_months, get_protocol
+from scheduler.store import (
+    PatientRecord,
+    audit,
+    get_patient,
+    load_record,
+    replan,
+)
+
+RENAL_REFUSAL = (
+    "cyanocobalamin must not be used in renal dysfunction (eGFR below 60 or renal impairment): "
+    "use hydroxocobalamin (--protocol hydroxo, or hydroxo-neuro with neurological symptoms)"
+)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every command needs from the edge: the clinic's calendar, the local
+    date (read once) and who is acting."""
+
+    calendar: ClinicCalendar
+    today: date
+    actor: str
+
+
+def _not_future(ctx: Context, on: date, what: str) -> None:
+    if on > ctx.today:
+        raise BadInput(f"{what} on {on.isoformat()} is in the future (today is {ctx.today.isoformat()})")
+
+
+def _active(patient: Patient) -> None:
+    if patient.status != "active":
+        raise BadInput(
+            f"patient {patient.mrn} was discharged on {patient.discharged_on}: nothing more is recorded"
+        )
+
+
+def _current(record: PatientRecord) -> Regimen:
+    return max(record.regimens, key=lambda r: r.number)
+
+
+def _renal_dysfunction(renal_flag: bool, results: Sequence[LabResult]) -> bool:
+    egfr = [r for r in results if r.code == "egfr" and r.value is not None]
+    latest = max(egfr, key=lambda r: (r.taken_on, r.id or 0), default=None)
+    return renal_flag or (latest is not None and latest.value is not None and latest.value < EGFR_RENAL)
+
+
+# -- enrolment -------------------------------------------------------------------
+
+
+def enroll(
+    session: Session, ctx: Context, *, mrn: str, name: str, email: str | None = None,
+    protocol: str | None = None, start: date | None = None, neuro: bool = False,
+    renal_impairment: bool = False, egfr: float | None = None, platelets: float | None = None,
+    hb: float | None = None, maintenance_months: int | None = None, on_folic_acid: bool = False,
+) -> Patient:
+    mrn, name = mrn.strip(), name.strip()
+    if not mrn:
+        raise BadInput("--mrn must not be empty")
+    if not name:
+        raise BadInput("--name must not be empty")
+    if email is not None:
+        email = email.strip()
+        if "@" not in email or " " in email or email.startswith("@") or email.endswith("@"):
+            raise BadInput(f"--email {email!r} is not an email address")
+    chosen = get_protocol(protocol or ("hydroxo-neuro" if neuro else "hydroxo"))
+    months = check_maintenance_months(
+        chosen, maintenance_months if maintenance_months is not None else chosen.default_maintenance_months
+    )
+    start = start or ctx.today
+    initial: list[tuple[str, float]] = []
+    for code, value in (("egfr", egfr), ("platelets", platelets), ("hb", hb)):
+        if value is not None:
+            initial.append(labs.parse_result(f"{code}={value}")[:2])  # type: ignore[arg-type]
+    renal = renal_impairment or (egfr is not None and egfr < EGFR_RENAL)
+    if chosen.id == "cyano" and renal:
+        raise BadInput(RENAL_REFUSAL)
+    if session.exec(select(Patient.id).where(Patient.mrn == mrn)).first() is not None:
+        raise BadInput(f"a patient with MRN {mrn!r} is already enrolled")
+
+    patient = Patient(
+        mrn=mrn, name=name, email=email or None, neuro=neuro,
+        renal_impairment=renal_impairment, on_folic_acid=on_folic_acid,
+    )
+    session.add(patient)
+    session.flush()
+    session.add(Regimen(patient_id=patient.id, number=1, protocol=chosen.id, start=start,
+                        maintenance_months=months))
+    for code, value in initial:
+        session.add(LabResult(patient_id=patient.id, code=code, value=value,
+                              unit=labs.CATALOG[code].unit or "", taken_on=start,
+                              recorded_by=ctx.actor))
+    audit(session, ctx.actor, "enroll", patient, protocol=chosen.id, start=start,
+          maintenance_months=months)
+    session.flush()
+    replan(session, patient, ctx.calendar, ctx.today)
+    return patient
+
+
+# -- doses -------------------------------------------------------------------------
+
+
+def give(session: Session, ctx: Context, mrn: str, on: date | None = None) -> Event:
+    """Record the next planned dose of the current regimen as given on ``on``."""
+    on = on or ctx.today
+    patient = get_patient(session, mrn, for_update=True)
+    _active(patient)
+    _not_future(ctx, on, "a dose")
+    record = load_record(session, patient)
+    regimen = _current(record)
+    if on < regimen.start:
+        raise BadInput(
+            f"{on.isoformat()} is before the start of {regimen.protocol} on {regimen.start.isoformat()}"
+        )
+    for dose in record.doses:
+        if dose.given_on == on:
+            raise BadInput(f"a dose was already given to {mrn} on {on.isoformat()}")
+    last = max((d.given_on for d in record.doses), default=None)
+    if last is not None and on < last:
+        raise BadInput(f"a dose was given on {last.isoformat()}: a later dose cannot be given before it")
+    prefix = f"r{regimen.number}:dose:"
+    doses = [e for e in record.events if e.key.startswith(prefix)]
+    planned = [e for e in doses if e.status == Status.PLANNED]
+    if not planned:
+        if any(e.status == Status.HELD for e in doses):
+            raise BadInput(
+                "phase 2 is held until the response is confirmed: run `cobalt confirm-response` first"
+            )
+        raise BadInput(f"no dose is planned for {mrn}")
+    event = min(planned, key=lambda e: (e.due, e.seq))
+    session.add(Dose(patient_id=patient.id, event_key=event.key, given_on=on, recorded_by=ctx.actor))
+    audit(session, ctx.actor, "give", patient, event=event.key, given_on=on)
+    session.flush()
+    replan(session, patient, ctx.calendar, ctx.today)
+    return event
+
+
+# -- labs --------------------------------------------------------------------------
+
+
+def record_lab(
+    session: Session, ctx: Context, mrn: str, results: Sequence[str], *, on: date | None = None,
+    order: str | None = None,
+) -> Event | None:
+    """Record results; complete the named open order, else the open one nearest ``on``."""
+    on = on or ctx.today
+    if not results:
+        raise BadInput("give at least one --result CODE=VALUE")
+    parsed = [labs.parse_result(text) for text in results]
+    codes = [code for code, _, _ in parsed]
+    if len(set(codes)) != len(codes):
+        raise BadInput("each result code may be given once per lab record")
+    patient = get_patient(session, mrn, for_update=True)
+    _not_future(ctx, on, "a lab result")
+    record = load_record(session, patient)
+    open_orders = [e for e in record.events if e.kind == "lab" and e.status == Status.PLANNED]
+    if order is not None:
+        named = [e for e in open_orders if e.label == order]
+        if not named:
+            labels = sorted({e.label for e in open_orders})
+            raise BadInput(
+                f"no open lab order {order!r} for {mrn}"
+                + (f": open ones are {', '.join(labels)}" if labels else "")
+            )
+        open_orders = named
+    chosen = min(open_orders, key=lambda e: (abs((e.due - on).days), e.due), default=None)
+    for code, value, text in parsed:
+        session.add(LabResult(
+            patient_id=patient.id, code=code, value=value, text=text,
+            unit=labs.CATALOG[code].unit or "", taken_on=on,
+            order_key=chosen.key if chosen else None, recorded_by=ctx.actor,
+        ))
+    audit(session, ctx.actor, "lab", patient, order=chosen.key if chosen else None, on=on, codes=codes)
+    session.flush()
+    record = load_record(session, patient)
+    if is_pernicious(record.lab_results()) and not patient.pernicious:
+        patient.pernicious = True
+        session.add(patient)
+        audit(session, ctx.actor, "mark-pernicious", patient)
+    replan(session, patient, ctx.calendar, ctx.today)
+    return chosen
+
+
+# -- decisions ---------------------------------------------------------------------
+
+
+def _decide(session: Session, ctx: Context, patient: Patient, kind: DecisionKind, on: date,
+            note: str | None = None) -> None:
+    session.add(Decision(patient_id=patient.id, kind=kind.value, on=on, note=note,
+                         recorded_by=ctx.actor))
+    audit(session, ctx.actor, kind.value, patient, on=on)
+    session.flush()
+    replan(session, patient, ctx.calendar, ctx.today)
+
+
+def _regimen_decision(session: Session, ctx: Context, mrn: str, on: date | None,
+                      protocol: str, kind: DecisionKind, what: str) -> Patient:
+    on = on or ctx.today
+    patient = get_patient(session, mrn, for_update=True)
+    _active(patient)
+    _not_future(ctx, on, what)
+    record = load_record(session, patient)
+    regimen = _current(record)
+    if regimen.protocol != protocol:
+        raise BadInput(f"{what} applies to {protocol} only; {mrn} is on {regimen.protocol}")
+    if on < regimen.start:
+        raise BadInput(f"{on.isoformat()} is before the start of {regimen.protocol} on {regimen.start.isoformat()}")
+    if any(d.kind == kind.value and d.on >= regimen.start for d in record.decisions):
+        raise BadInput(f"{what} was already recorded for {mrn}")
+    return patient
+
+
+def end_loading(session: Session, ctx: Context, mrn: str, on: date | None = None) -> None:
+    """hydroxo-neuro: no further neurological improvement; maintenance follows."""
+    patient = _regimen_decision(session, ctx, mrn, on, "hydroxo-neuro", DecisionKind.END_LOADING,
+                                "end-loading")
+    _decide(session, ctx, patient, DecisionKind.END_LOADING, on or ctx.today)
+
+
+def confirm_response(session: Session, ctx: Context, mrn: str, on: date | None = None) -> None:
+    """cyano: clinical improvement and a reticulocyte response confirmed; phase 2 follows."""
+    patient = _regimen_decision(session, ctx, mrn, on, "cyano", DecisionKind.CONFIRM_RESPONSE,
+                                "confirm-response")
+    _decide(session, ctx, patient, DecisionKind.CONFIRM_RESPONSE, on or ctx.today)
+
+
+def review(session: Session, ctx: Context, mrn: str, on: date | None = None) -> None:
+    """hydroxo-neuro: the review found improvement continuing; loading goes on."""
+    on = on or ctx.today
+    patient = get_patient(session, mrn, for_update=True)
+    _active(patient)
+    _not_future(ctx, on, "a review")
+    record = load_record(session, patient)
+    regimen = _current(record)
+    if regimen.protocol != "hydroxo-neuro":
+        raise BadInput(f"review applies to hydroxo-neuro only; {mrn} is on {regimen.protocol}")
+    if any(d.kind == DecisionKind.END_LOADING.value and d.on >= regimen.start for d in record.decisions):
+        raise BadInput(f"loading has ended for {mrn}: there is no review to record")
+    _decide(session, ctx, patient, DecisionKind.REVIEW, on)
+
+
+def discharge(session: Session, ctx: Context, mrn: str, reason: str, on: date | None = None) -> None:
+    on = on or ctx.today
+    reason = reason.strip()
+    if not reason:
+        raise BadInput("--reason must not be empty")
+    patient = get_patient(session, mrn, for_update=True)
+    _active(patient)
+    _not_future(ctx, on, "a discharge")
+    record = load_record(session, patient)
+    first = min(r.start for r in record.regimens)
+    if on < first:
+        raise BadInput(f"{on.isoformat()} is before the start on {first.isoformat()}")
+    patient.status = "discharged"
+    patient.discharged_on = on
+    patient.discharge_reason = reason[:400]
+    session.add(patient)
+    _decide(session, ctx, patient, DecisionKind.DISCHARGE, on, note=reason[:400])
+
+
+def set_opt_out(session: Session, ctx: Context, mrn: str, opted_out: bool) -> bool:
+    """Returns whether anything changed."""
+    patient = get_patient(session, mrn, for_update=True)
+    if patient.opted_out == opted_out:
+        return False
+    patient.opted_out = opted_out
+    session.add(patient)
+    audit(session, ctx.actor, "opt-out" if opted_out else "opt-in", patient)
+    return True
+
+
+def switch(session: Session, ctx: Context, mrn: str, protocol: str, on: date | None = None,
+           maintenance_months: int | None = None) -> Regimen:
+    """Move to another protocol from ``on``: as if enrolled then; labs keep their anchor."""
+    on = on or ctx.today
+    chosen = get_protocol(protocol)
+    months = check_maintenance_months(
+        chosen, maintenance_months if maintenance_months is not None else chosen.default_maintenance_months
+    )
+    patient = get_patient(session, mrn, for_update=True)
+    _active(patient)
+    _not_future(ctx, on, "a switch")
+    record = load_record(session, patient)
+    current = _current(record)
+    if current.protocol == chosen.id:
+        raise BadInput(f"{mrn} is already on {chosen.id}")
+    if on <= current.start:
+        raise BadInput(f"a switch must come after the current regimen's start on {current.start.isoformat()}")
+    if chosen.id == "cyano" and _renal_dysfunction(patient.renal_impairment, record.results):
+        raise BadInput(RENAL_REFUSAL)
+    regimen = Regimen(patient_id=patient.id, number=current.number + 1, protocol=chosen.id,
+                      start=on, maintenance_months=months)
+    session.add(regimen)
+    session.add(Decision(patient_id=patient.id, kind=DecisionKind.SWITCH.value, on=on,
+                         note=f"{current.protocol} -> {chosen.id}", recorded_by=ctx.actor))
+    audit(session, ctx.actor, "switch", patient, frm=current.protocol, to=chosen.id, on=on)
+    session.flush()
+    replan(session, patient, ctx.calendar, ctx.today)
+    return regimen
+
+
+def protocols_json() -> list[dict[str, object]]:
+    return [
+        {
+            "id": p.id, "drug": p.drug, "dose": p.dose, "route": p.route, "summary": p.summary,
+            "loading": [
+                {"label": ph.label, "doses": ph.doses, "intervals_days": list(ph.intervals),
+                 "every_days": ph.every, "gap_days": ph.gap, "held_until_response": ph.gated}
+                for ph in p.loading
+            ],
+            "maintenance_months": sorted(p.maintenance_months),
+            "default_maintenance_months": p.default_maintenance_months,
+        }
+        for p in PROTOCOLS.values()
+    ]
+
+
+def worklist(session: Session, until: date) -> list[tuple[Event, Patient]]:
+    """Planned events due on or before ``until`` (so overdue ones too), for active patients.
+
+    Reads through the (status, due) index: only rows that are due, never every patient.
+    """
+    query = (
+        select(Event, Patient)
+        .join(Patient, col(Patient.id) == col(Event.patient_id))
+        .where(Event.status == Status.PLANNED.value, col(Event.due) <= until,
+               Patient.status == "active")
+        .order_by(col(Event.due), col(Patient.mrn), col(Event.kind), col(Event.seq))
+    )
+    return [(e, p) for e, p in session.exec(query)]

@@ -1,0 +1,196 @@
+"""Between the tables and the pure core: load what the planner needs, save what
+it returns. This module decides nothing; ``planning`` and ``alerts`` do.
+
+Loading is set-based: ``replan_many`` reads the regimens, doses, results,
+decisions and events of a whole batch of patients with one query per table, so
+rolling a million plans forward costs a few queries per few hundred patients.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from sqlalchemy import delete
+from sqlmodel import Session, col, select
+
+from models import Audit, Decision, Dose, Event, LabResult, Patient, Regimen
+from models.types import utcnow
+from scheduler import domain
+from scheduler.alerts import extra_lab_orders
+from scheduler.clinic_calendar import ClinicCalendar
+from scheduler.errors import NotFound
+from scheduler.planning import horizon, plan
+
+
+def get_patient(session: Session, mrn: str, *, for_update: bool = False) -> Patient:
+    query = select(Patient).where(Patient.mrn == mrn)
+    if for_update and session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    patient = session.exec(query).first()
+    if patient is None:
+        raise NotFound(f"no patient with MRN {mrn!r}")
+    return patient
+
+
+def audit(session: Session, actor: str, action: str, patient: Patient | None, **detail: Any) -> None:
+    session.add(Audit(
+        actor=actor, action=action, patient_id=patient.id if patient else None,
+        detail=json.dumps(detail, default=str, sort_keys=True),
+    ))
+
+
+@dataclass
+class PatientRecord:
+    """Everything recorded about one patient, as rows."""
+
+    patient: Patient
+    regimens: list[Regimen] = field(default_factory=list)
+    doses: list[Dose] = field(default_factory=list)
+    results: list[LabResult] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    def enrolment(self) -> domain.Enrolment:
+        p = self.patient
+        return domain.Enrolment(
+            regimens=tuple(
+                domain.Regimen(r.protocol, r.start, r.maintenance_months)
+                for r in sorted(self.regimens, key=lambda r: r.number)
+            ),
+            neuro=p.neuro,
+            renal_impairment=p.renal_impairment,
+            on_folic_acid=p.on_folic_acid,
+            discharged_on=p.discharged_on,
+        )
+
+    def lab_results(self) -> list[domain.LabResult]:
+        return [
+            domain.LabResult(
+                code=r.code, taken_on=r.taken_on, value=r.value, text=r.text,
+                order_label=order_label(r.order_key),
+            )
+            for r in sorted(self.results, key=lambda r: (r.taken_on, r.id or 0))
+        ]
+
+    def history(self) -> domain.History:
+        labs_done: dict[str, date] = {}
+        for r in self.results:
+            if r.order_key and (r.order_key not in labs_done or r.taken_on < labs_done[r.order_key]):
+                labs_done[r.order_key] = r.taken_on
+        return domain.History(
+            doses=tuple(
+                domain.GivenDose(d.event_key, d.given_on)
+                for d in sorted(self.doses, key=lambda d: d.given_on)
+            ),
+            labs_done=labs_done,
+            decisions=tuple(
+                domain.Decision(domain.DecisionKind(d.kind), d.on)
+                for d in sorted(self.decisions, key=lambda d: (d.on, d.id or 0))
+            ),
+            extra_lab_orders=tuple(extra_lab_orders(self.lab_results())),
+        )
+
+    def first_dose_on(self) -> date | None:
+        return min((d.given_on for d in self.doses), default=None)
+
+
+def order_label(order_key: str | None) -> str | None:
+    """``"lab:annual:2"`` -> ``"annual"``; ``"lab:3-month"`` -> ``"3-month"``."""
+    if not order_key:
+        return None
+    return order_key.split(":")[1]
+
+
+def load_records(session: Session, patients: Sequence[Patient]) -> list[PatientRecord]:
+    """The records of a batch of patients: one query per table."""
+    records = {p.id: PatientRecord(p) for p in patients}
+    ids = list(records)
+    if not ids:
+        return []
+    for table, attr in (
+        (Regimen, "regimens"), (Dose, "doses"), (LabResult, "results"),
+        (Decision, "decisions"), (Event, "events"),
+    ):
+        rows = session.exec(select(table).where(col(table.patient_id).in_(ids)))  # type: ignore[attr-defined]
+        for row in rows:
+            getattr(records[row.patient_id], attr).append(row)
+    return list(records.values())
+
+
+def load_record(session: Session, patient: Patient) -> PatientRecord:
+    return load_records(session, [patient])[0]
+
+
+def replan_many(session: Session, patients: Sequence[Patient], calendar: ClinicCalendar,
+                today: date) -> list[PatientRecord]:
+    """Plan each patient afresh from what was recorded and bring the events in line."""
+    records = load_records(session, patients)
+    for record in records:
+        events = plan(record.enrolment(), record.history(), calendar, today)
+        save_plan(session, record, events)
+        record.patient.planned_through = horizon(today) if record.patient.status == "active" else None
+        session.add(record.patient)
+    session.flush()
+    return records
+
+
+def replan(session: Session, patient: Patient, calendar: ClinicCalendar, today: date) -> PatientRecord:
+    return replan_many(session, [patient], calendar, today)[0]
+
+
+_EVENT_FIELDS = ("kind", "phase", "seq", "label", "due", "status", "done_on", "tests", "because")
+
+
+def save_plan(session: Session, record: PatientRecord, events: Iterable[domain.PlannedEvent]) -> None:
+    """Insert new events, update changed ones, drop ones the plan no longer has.
+
+    Rows are matched by the planner's natural key, so an event keeps its id
+    while it exists (a moved dose is the same row with a new due date).
+    """
+    existing = {e.key: e for e in record.events}
+    now = utcnow()
+    kept: list[Event] = []
+    for planned in events:
+        values: dict[str, Any] = {
+            "kind": planned.kind.value, "phase": planned.phase.value, "seq": planned.seq,
+            "label": planned.label, "due": planned.due, "status": planned.status.value,
+            "done_on": planned.done_on, "tests": " ".join(planned.tests),
+            "because": planned.because[:400],
+        }
+        row = existing.pop(planned.key, None)
+        if row is None:
+            row = Event(patient_id=record.patient.id, key=planned.key, updated_at=now, **values)
+            session.add(row)
+        elif any(getattr(row, name) != values[name] for name in _EVENT_FIELDS):
+            for name, value in values.items():
+                setattr(row, name, value)
+            row.updated_at = now
+            session.add(row)
+        kept.append(row)
+    if existing:
+        session.execute(delete(Event).where(col(Event.id).in_([e.id for e in existing.values()])))
+    record.events = kept
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "kind": event.kind,
+        "phase": event.phase,
+        "seq": event.seq,
+        "label": event.label,
+        "due": event.due.isoformat(),
+        "status": event.status,
+        "done_on": event.done_on.isoformat() if event.done_on else None,
+        "tests": event.tests.split() if event.tests else [],
+        "because": event.because,
+    }
+
+
+def sorted_events(events: Iterable[Event]) -> list[Event]:
+    order = {"dose": 0, "lab": 1, "review": 2}
+    return sorted(events, key=lambda e: (e.due, order.get(e.kind, 9), e.seq, e.id or 0))
