@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import Column, Index, MetaData, UniqueConstraint
+from sqlalchemy import Column, Index, MetaData, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from models.types import UTCDateTime, utcnow
@@ -139,3 +139,39 @@ class Audit(SQLModel, table=True):
     action: str = Field(max_length=32)
     patient_id: int | None = Field(default=None, foreign_key="patient.id", index=True)
     detail: str = Field(default="", max_length=2000)
+
+
+class Outbox(SQLModel, table=True):
+    """A message decided by a pass: rendered, queued, then sent once.
+
+    ``dedupe_key`` is unique per (event, message kind, recipient), or per (day,
+    digest, recipient), so no pass in any process can queue a message twice. A
+    sender claims a row (``status = 'sending'`` until ``claimed_until``) with a
+    conditional UPDATE; a claim that expires is taken over by the next pass.
+    """
+
+    __table_args__ = (
+        UniqueConstraint("dedupe_key"),
+        Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_outbox_event_id_kind", "event_id", "kind"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    dedupe_key: str = Field(max_length=200)
+    kind: str = Field(max_length=32)
+    recipient: str = Field(max_length=320)
+    patient_id: int | None = Field(default=None, foreign_key="patient.id")
+    event_id: int | None = None  # no foreign key: a replan may drop the event
+    message_id: str = Field(max_length=200)
+    subject: str = Field(max_length=400)
+    body_text: str = Field(sa_column=Column(Text, nullable=False))
+    body_html: str = Field(sa_column=Column(Text, nullable=False))
+    status: str = Field(default="queued", max_length=16)  # queued|sending|sent|failed|skipped
+    attempts: int = 0
+    next_attempt_at: datetime = _ts()  # type: ignore[assignment]
+    not_after: datetime | None = _ts_null()  # type: ignore[assignment]  # stale after this
+    claimed_until: datetime | None = _ts_null()  # type: ignore[assignment]
+    claimed_by: str | None = Field(default=None, max_length=64)
+    last_error: str | None = Field(default=None, max_length=400)
+    reported: bool = False  # a failure listed in a clinic digest
+    created_at: datetime = _ts()  # type: ignore[assignment]
+    sent_at: datetime | None = _ts_null()  # type: ignore[assignment]

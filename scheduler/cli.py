@@ -78,6 +78,10 @@ class App:
             db.ensure_schema(self._engine)
         return self._engine
 
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
     def context(self) -> service.Context:
         return service.Context(self.settings.clinic.calendar(), self.today, self.actor)
 
@@ -392,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
+    app: App | None = None
     try:
         args = build_parser().parse_args(argv)
         settings = load_settings()
@@ -413,6 +418,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    finally:
+        if app is not None:
+            app.close()
 
 
 def main() -> NoReturn:
