@@ -161,6 +161,7 @@ class Outbox(SQLModel, table=True):
     recipient: str = Field(max_length=320)
     patient_id: int | None = Field(default=None, foreign_key="patient.id")
     event_id: int | None = None  # no foreign key: a replan may drop the event
+    event_due: date | None = None  # the due date the message speaks of
     message_id: str = Field(max_length=200)
     subject: str = Field(max_length=400)
     body_text: str = Field(sa_column=Column(Text, nullable=False))
@@ -175,3 +176,6 @@ class Outbox(SQLModel, table=True):
     reported: bool = False  # a failure listed in a clinic digest
     created_at: datetime = _ts()  # type: ignore[assignment]
     sent_at: datetime | None = _ts_null()  # type: ignore[assignment]
+
+
+from models.alert import Alert  # noqa: E402,F401

@@ -16,6 +16,8 @@ from sqlmodel import col, select
 from models import Patient
 from scheduler.config import Settings
 from scheduler.db import transaction
+from scheduler.mailer import Mailer
+from scheduler.outbox import deliver, queue_due_messages
 from scheduler.planning import ROLL_FORWARD_BELOW_MONTHS, add_months
 from scheduler.store import replan_many
 
@@ -73,7 +75,13 @@ def roll_forward(engine: Engine, settings: Settings, now: datetime) -> int:
     return total
 
 
-def run_pass(engine: Engine, settings: Settings, now: datetime) -> PassReport:
+def run_pass(engine: Engine, settings: Settings, now: datetime, mailer: Mailer | None = None) -> PassReport:
+    """Plan forward, queue what is due at ``now``, deliver what is queued."""
     report = PassReport()
     report.replanned = roll_forward(engine, settings, now)
+    report.queued = queue_due_messages(engine, settings, now)
+    delivery = deliver(engine, settings, now, mailer)
+    report.sent, report.skipped = delivery.sent, delivery.skipped
+    report.retried, report.failed = delivery.retried, delivery.failed
+    log.info("pass: %s", report)
     return report

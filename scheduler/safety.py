@@ -1,15 +1,250 @@
-"""Safety alerts on patients (SPEC section 5): stored, listed and acknowledged."""
+"""Safety alerts on patients (SPEC section 5): stored, listed and acknowledged.
+
+The rules are pure (``scheduler.alerts.evaluate``); this module brings the
+``alert`` table in line with what they say, after every replan:
+
+- an alert the rules raise and the patient has no live row for is inserted, open;
+- an open alert whose condition no longer holds is closed by Cobalt itself
+  (``closed_by = "cobalt"``); its row stays, as history;
+- an acknowledged alert stays acknowledged while its condition holds; once the
+  condition clears, the row is history too, and a later raise is a new row;
+- a discharged patient has no alerts: their open ones are closed.
+
+A row is *live* (it stands for the condition now) until ``cleared_at`` is set.
+Urgent alerts reach the clinic at once: the pass reads ``pending_urgent_alerts``
+and records what it sent with ``mark_notified``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from datetime import date
 from typing import Any
 
-from sqlmodel import Session
+from sqlalchemy import case, update
+from sqlmodel import Session, col, select
+
+from models import Alert, Patient
+from models.types import utcnow
+from scheduler import domain
+from scheduler.alerts import DEFAULT_POLICY, AlertPolicy, evaluate
+from scheduler.errors import BadInput
+from scheduler.store import PatientRecord, audit, get_patient
+
+OPEN = "open"
+ACKNOWLEDGED = "acknowledged"
+CLOSED = "closed"
+COBALT = "cobalt"  # closed_by when Cobalt closes an alert by itself
+
+_MESSAGE_MAX = 600  # the column's length
+
+# Most urgent first, in SQL as in ``domain.SEVERITY_RANK``.
+_SEVERITY_ORDER = case(
+    {s.value: rank for s, rank in domain.SEVERITY_RANK.items()}, value=col(Alert.severity), else_=9
+)
 
 
-def alerts_json(record: Any) -> list[dict[str, Any]]:
-    return []
+def _planned_events(record: PatientRecord) -> list[domain.PlannedEvent]:
+    """The record's event rows as the pure rules see them."""
+    return [
+        domain.PlannedEvent(
+            key=e.key, kind=domain.Kind(e.kind), phase=domain.Phase(e.phase), seq=e.seq,
+            label=e.label, due=e.due, status=domain.Status(e.status), because=e.because,
+            done_on=e.done_on, tests=tuple(e.tests.split()),
+        )
+        for e in record.events
+    ]
 
 
-def open_alerts_by_patient(session: Session, patient_ids: set[int]) -> dict[int, list[dict[str, Any]]]:
-    return {}
+def _live(session: Session, patient_ids: Iterable[int]) -> list[Alert]:
+    """Rows that stand for a condition now: open, or acknowledged and not yet cleared."""
+    ids = list(patient_ids)
+    if not ids:
+        return []
+    query = select(Alert).where(
+        col(Alert.patient_id).in_(ids),
+        col(Alert.status).in_([OPEN, ACKNOWLEDGED]),
+        col(Alert.cleared_at).is_(None),
+    )
+    return list(session.exec(query))
+
+
+def sync_alerts(
+    session: Session, record: PatientRecord, today: date, policy: AlertPolicy = DEFAULT_POLICY
+) -> list[Alert]:
+    """Bring the patient's alert rows in line with the rules on ``today``.
+
+    Call after the patient's events are saved (the response gate reads them).
+    Returns the rows inserted (new alerts, open).
+    """
+    patient = record.patient
+    assert patient.id is not None
+    if patient.status == "active":
+        raised = evaluate(
+            record.enrolment(), record.lab_results(), _planned_events(record),
+            record.first_dose_on(), today, policy,
+        )
+    else:
+        raised = []  # discharged: nothing more is raised, and what stood is closed
+    standing = {a.code: a for a in raised}
+    now = utcnow()
+    live: dict[str, Alert] = {}
+    for row in _live(session, [patient.id]):
+        if row.code in standing and row.code not in live:
+            live[row.code] = row
+            continue
+        # The condition no longer holds (or a duplicate row): it becomes history.
+        row.cleared_at = now
+        if row.status == OPEN:
+            row.status, row.closed_at, row.closed_by = CLOSED, now, COBALT
+        session.add(row)
+    inserted: list[Alert] = []
+    for code, alert in standing.items():
+        message = alert.message[:_MESSAGE_MAX]
+        row = live.get(code)
+        if row is None:
+            row = Alert(
+                patient_id=patient.id, code=code, severity=alert.severity.value, message=message,
+                since=alert.since, status=OPEN, opened_at=now,
+            )
+            session.add(row)
+            inserted.append(row)
+        elif row.status == OPEN and row.message != message:
+            row.message = message  # the latest value and advice; ``since`` keeps the first day
+            session.add(row)
+    session.flush()
+    return inserted
+
+
+# -- reading ---------------------------------------------------------------------
+
+
+def _alert_json(row: Alert) -> dict[str, Any]:
+    return {"code": row.code, "severity": row.severity, "message": row.message,
+            "since": row.since.isoformat()}
+
+
+def _urgent_first(rows: Iterable[Alert]) -> list[Alert]:
+    rank = {s.value: r for s, r in domain.SEVERITY_RANK.items()}
+    return sorted(rows, key=lambda a: (rank.get(a.severity, 9), a.since, a.code))
+
+
+def open_alerts_by_patient(session: Session, patient_ids: Iterable[int]) -> dict[int, list[dict[str, Any]]]:
+    """Each patient's open alerts (``{code, severity, message, since}``), most urgent first."""
+    ids = list(patient_ids)
+    if not ids:
+        return {}
+    rows = session.exec(
+        select(Alert).where(col(Alert.patient_id).in_(ids), Alert.status == OPEN)
+    )
+    found: dict[int, list[Alert]] = {}
+    for row in rows:
+        found.setdefault(row.patient_id, []).append(row)
+    return {pid: [_alert_json(a) for a in _urgent_first(alerts)] for pid, alerts in found.items()}
+
+
+def alerts_json(record: PatientRecord, session: Session | None = None) -> list[dict[str, Any]]:
+    """The patient's open alerts, most urgent first, for ``schedule --json``.
+
+    Reads through the session the record's patient was loaded in, unless given one.
+    """
+    patient = record.patient
+    session = session or Session.object_session(patient)
+    if session is None or patient.id is None:
+        return []
+    return open_alerts_by_patient(session, [patient.id]).get(patient.id, [])
+
+
+def list_open_alerts(session: Session) -> list[dict[str, Any]]:
+    """Open alerts across patients, most urgent first, then the longest standing."""
+    query = (
+        select(Alert, Patient)
+        .join(Patient, col(Patient.id) == col(Alert.patient_id))
+        .where(Alert.status == OPEN)
+        .order_by(_SEVERITY_ORDER, col(Alert.since), col(Patient.mrn), col(Alert.code))
+    )
+    return [
+        {"mrn": p.mrn, "name": p.name, **_alert_json(a), "opened_at": a.opened_at.isoformat()}
+        for a, p in session.exec(query)
+    ]
+
+
+def alerts_text(data: Sequence[dict[str, Any]]) -> str:
+    if not data:
+        return "no open alerts"
+    return "\n".join(
+        f"{a['severity'].upper():8} {a['mrn']}  {a['name']}  {a['code']} since {a['since']}: "
+        f"{a['message']}"
+        for a in data
+    )
+
+
+# -- acknowledging ---------------------------------------------------------------
+
+
+def acknowledge(session: Session, ctx: Any, mrn: str, code: str) -> Alert:
+    """Close one open alert as acknowledged by ``ctx.actor``; audited.
+
+    It stays acknowledged while its condition holds; if the condition clears
+    and comes back, that is a new, open alert.
+    """
+    code = code.strip().lower()
+    patient = get_patient(session, mrn, for_update=True)
+    open_rows = session.exec(
+        select(Alert).where(Alert.patient_id == patient.id, Alert.status == OPEN)
+    ).all()
+    row = next((a for a in open_rows if a.code == code), None)
+    if row is None:
+        codes = sorted(a.code for a in open_rows)
+        raise BadInput(
+            f"no open alert {code!r} for {mrn}"
+            + (f": open ones are {', '.join(codes)}" if codes else ": it has no open alerts")
+        )
+    row.status, row.closed_at, row.closed_by = ACKNOWLEDGED, utcnow(), ctx.actor[:64]
+    session.add(row)
+    audit(session, ctx.actor, "ack-alert", patient, alert=row.id, code=row.code)
+    session.flush()
+    return row
+
+
+# -- telling the clinic at once --------------------------------------------------
+
+
+def pending_urgent_alerts(session: Session) -> list[dict[str, Any]]:
+    """Open urgent alerts the clinic has not been sent yet, oldest first.
+
+    Each is ``{id, patient_id, mrn, name, code, severity, message, since, opened_at}``
+    (``since`` ISO date, ``opened_at`` aware UTC datetime).
+    """
+    query = (
+        select(Alert, Patient)
+        .join(Patient, col(Patient.id) == col(Alert.patient_id))
+        .where(Alert.status == OPEN, Alert.severity == domain.Severity.URGENT.value,
+               col(Alert.notified).is_(False))
+        .order_by(col(Alert.opened_at), col(Alert.id))
+    )
+    return [
+        {"id": a.id, "patient_id": p.id, "mrn": p.mrn, "name": p.name, **_alert_json(a),
+         "opened_at": a.opened_at}
+        for a, p in session.exec(query)
+    ]
+
+
+def mark_notified(session: Session, alert_ids: Iterable[int]) -> list[int]:
+    """Mark alerts as sent to the clinic; returns the ids this call marked.
+
+    One conditional UPDATE (``notified`` still false): when two passes race, an
+    id is returned to one of them only, so only that one should queue its message.
+    """
+    ids = sorted(set(alert_ids))
+    if not ids:
+        return []
+    result = session.execute(
+        update(Alert)
+        .where(col(Alert.id).in_(ids), col(Alert.notified).is_(False))
+        .values(notified=True)
+        .returning(col(Alert.id))
+    )
+    marked = sorted(result.scalars().all())
+    session.expire_all()  # loaded rows must not keep the old flag
+    return marked

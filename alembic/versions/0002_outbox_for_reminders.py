@@ -2,7 +2,7 @@
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-11-24 08:23:14.873914
+Create Date: 2026-11-24 08:24:11.411923
 
 """
 from collections.abc import Sequence
@@ -29,6 +29,7 @@ def upgrade() -> None:
     sa.Column('recipient', sqlmodel.sql.sqltypes.AutoString(length=320), nullable=False),
     sa.Column('patient_id', sa.Integer(), nullable=True),
     sa.Column('event_id', sa.Integer(), nullable=True),
+    sa.Column('event_due', sa.Date(), nullable=True),
     sa.Column('message_id', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
     sa.Column('subject', sqlmodel.sql.sqltypes.AutoString(length=400), nullable=False),
     sa.Column('body_text', sa.Text(), nullable=False),
