@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from scheduler import db, service
+from scheduler.alerts import AlertPolicy
 from scheduler.config import Settings, load_settings
 from scheduler.errors import BadInput, CobaltError
 from scheduler.passes import local_today, run_pass
@@ -69,6 +70,7 @@ class App:
         self.now = now
         self.today = local_today(settings, now)
         self.actor = (getattr(args, "by", None) or _os_user())[:64]
+        self.policy = AlertPolicy.from_mapping(settings.alerts)  # a bad threshold: exit 2 at start
         self._engine: Engine | None = None
 
     @property
@@ -83,7 +85,7 @@ class App:
             self._engine.dispose()
 
     def context(self) -> service.Context:
-        return service.Context(self.settings.clinic.calendar(), self.today, self.actor)
+        return service.Context(self.settings.clinic.calendar(), self.today, self.actor, self.policy)
 
     def out(self, data: Any, text: str | Callable[[], str]) -> None:
         if getattr(self.args, "json", False):

@@ -54,6 +54,8 @@ def to_email(message: Message, sender: str, *, date: datetime | None = None) -> 
     mail["Message-ID"] = message.message_id
     # Tells autoresponders (out-of-office replies) not to answer; people still can.
     mail["Auto-Submitted"] = "auto-generated"
+    # Lets a clinic's mail rules sort digests, overdue notices and alerts.
+    mail["X-Cobalt-Kind"] = message.kind
     mail.set_content(message.text)
     mail.add_alternative(message.html, subtype="html")
     return mail

@@ -35,7 +35,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from models import Event, LabResult, Outbox, Patient
-from models.types import utcnow
 from scheduler.config import Settings
 from scheduler.db import transaction
 from scheduler.mailer import FileMailer, Mailer, PermanentSendError, SmtpMailer, TemporarySendError
@@ -130,9 +129,8 @@ def _insert(session: Session, templates: Templates, settings: Settings, drafts: 
         return 0
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(Outbox).on_conflict_do_nothing(index_elements=["dedupe_key"])
-    result = session.execute(stmt, rows)
-    return max(result.rowcount, 0) if dialect == "postgresql" else len(rows)
+    stmt = insert(Outbox).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(Outbox.id)
+    return len(session.connection().execute(stmt, rows).all())
 
 
 def _not_queued(kind: str, recipient: Any) -> Any:
@@ -448,7 +446,7 @@ def deliver(engine: Engine, settings: Settings, now: datetime, mailer: Mailer | 
                     report.failed += 1
                     log.warning("permanent failure sending %s (%s)", row.message_id, row.kind)
                 else:
-                    _finish(engine, row, token, status="sent", attempts=attempts, sent_at=utcnow(),
+                    _finish(engine, row, token, status="sent", attempts=attempts, sent_at=now,
                             last_error=None)
                     report.sent += 1
         if outage:

@@ -56,26 +56,32 @@ def _planned_events(record: PatientRecord) -> list[domain.PlannedEvent]:
     ]
 
 
-def _live(session: Session, patient_ids: Iterable[int]) -> list[Alert]:
-    """Rows that stand for a condition now: open, or acknowledged and not yet cleared."""
+def live_alerts(session: Session, patient_ids: Iterable[int]) -> dict[int, list[Alert]]:
+    """Rows that stand for a condition now (open, or acknowledged and not yet cleared),
+    by patient: one query for a whole batch."""
     ids = list(patient_ids)
+    found: dict[int, list[Alert]] = {pid: [] for pid in ids}
     if not ids:
-        return []
+        return found
     query = select(Alert).where(
         col(Alert.patient_id).in_(ids),
         col(Alert.status).in_([OPEN, ACKNOWLEDGED]),
         col(Alert.cleared_at).is_(None),
-    )
-    return list(session.exec(query))
+    ).order_by(col(Alert.id))
+    for row in session.exec(query):
+        found[row.patient_id].append(row)
+    return found
 
 
 def sync_alerts(
-    session: Session, record: PatientRecord, today: date, policy: AlertPolicy = DEFAULT_POLICY
+    session: Session, record: PatientRecord, today: date, policy: AlertPolicy = DEFAULT_POLICY,
+    *, live: Sequence[Alert] | None = None,
 ) -> list[Alert]:
     """Bring the patient's alert rows in line with the rules on ``today``.
 
     Call after the patient's events are saved (the response gate reads them).
-    Returns the rows inserted (new alerts, open).
+    ``live`` is the patient's live rows when the caller loaded a batch at once
+    (``live_alerts``). Returns the rows inserted (new alerts, open), unflushed.
     """
     patient = record.patient
     assert patient.id is not None
@@ -87,11 +93,13 @@ def sync_alerts(
     else:
         raised = []  # discharged: nothing more is raised, and what stood is closed
     standing = {a.code: a for a in raised}
+    if live is None:
+        live = live_alerts(session, [patient.id])[patient.id]
     now = utcnow()
-    live: dict[str, Alert] = {}
-    for row in _live(session, [patient.id]):
-        if row.code in standing and row.code not in live:
-            live[row.code] = row
+    kept: dict[str, Alert] = {}
+    for row in live:
+        if row.code in standing and row.code not in kept:
+            kept[row.code] = row
             continue
         # The condition no longer holds (or a duplicate row): it becomes history.
         row.cleared_at = now
@@ -101,7 +109,7 @@ def sync_alerts(
     inserted: list[Alert] = []
     for code, alert in standing.items():
         message = alert.message[:_MESSAGE_MAX]
-        row = live.get(code)
+        row = kept.get(code)
         if row is None:
             row = Alert(
                 patient_id=patient.id, code=code, severity=alert.severity.value, message=message,
@@ -112,7 +120,6 @@ def sync_alerts(
         elif row.status == OPEN and row.message != message:
             row.message = message  # the latest value and advice; ``since`` keeps the first day
             session.add(row)
-    session.flush()
     return inserted
 
 
@@ -245,6 +252,4 @@ def mark_notified(session: Session, alert_ids: Iterable[int]) -> list[int]:
         .values(notified=True)
         .returning(col(Alert.id))
     )
-    marked = sorted(result.scalars().all())
-    session.expire_all()  # loaded rows must not keep the old flag
-    return marked
+    return sorted(result.scalars().all())

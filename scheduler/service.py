@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 
 from models import Decision, Dose, Event, LabResult, Patient, Regimen
 from scheduler import labs
-from scheduler.alerts import EGFR_RENAL, is_pernicious
+from scheduler.alerts import DEFAULT_POLICY, EGFR_RENAL, AlertPolicy, is_pernicious
 from scheduler.clinic_calendar import ClinicCalendar
 from scheduler.domain import DecisionKind, Status
 from scheduler.errors import BadInput
@@ -38,11 +38,12 @@ RENAL_REFUSAL = (
 @dataclass(frozen=True)
 class Context:
     """What every command needs from the edge: the clinic's calendar, the local
-    date (read once) and who is acting."""
+    date (read once), who is acting, and the clinic's alert thresholds."""
 
     calendar: ClinicCalendar
     today: date
     actor: str
+    policy: AlertPolicy = DEFAULT_POLICY
 
 
 def _not_future(ctx: Context, on: date, what: str) -> None:
@@ -115,7 +116,7 @@ def enroll(
     audit(session, ctx.actor, "enroll", patient, protocol=chosen.id, start=start,
           maintenance_months=months)
     session.flush()
-    replan(session, patient, ctx.calendar, ctx.today)
+    replan(session, patient, ctx.calendar, ctx.today, policy=ctx.policy)
     return patient
 
 
@@ -153,7 +154,7 @@ def give(session: Session, ctx: Context, mrn: str, on: date | None = None) -> Ev
     session.add(Dose(patient_id=patient.id, event_key=event.key, given_on=on, recorded_by=ctx.actor))
     audit(session, ctx.actor, "give", patient, event=event.key, given_on=on)
     session.flush()
-    replan(session, patient, ctx.calendar, ctx.today)
+    replan(session, patient, ctx.calendar, ctx.today, policy=ctx.policy)
     return event
 
 
@@ -199,7 +200,7 @@ def record_lab(
         patient.pernicious = True
         session.add(patient)
         audit(session, ctx.actor, "mark-pernicious", patient)
-    replan(session, patient, ctx.calendar, ctx.today)
+    replan(session, patient, ctx.calendar, ctx.today, policy=ctx.policy)
     return chosen
 
 
@@ -212,7 +213,7 @@ def _decide(session: Session, ctx: Context, patient: Patient, kind: DecisionKind
                          recorded_by=ctx.actor))
     audit(session, ctx.actor, kind.value, patient, on=on)
     session.flush()
-    replan(session, patient, ctx.calendar, ctx.today)
+    replan(session, patient, ctx.calendar, ctx.today, policy=ctx.policy)
 
 
 def _regimen_decision(session: Session, ctx: Context, mrn: str, on: date | None,
@@ -317,7 +318,7 @@ def switch(session: Session, ctx: Context, mrn: str, protocol: str, on: date | N
                          note=f"{current.protocol} -> {chosen.id}", recorded_by=ctx.actor))
     audit(session, ctx.actor, "switch", patient, frm=current.protocol, to=chosen.id, on=on)
     session.flush()
-    replan(session, patient, ctx.calendar, ctx.today)
+    replan(session, patient, ctx.calendar, ctx.today, policy=ctx.policy)
     return regimen
 
 

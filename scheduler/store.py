@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any
 
@@ -20,7 +20,7 @@ from sqlmodel import Session, col, select
 from models import Audit, Decision, Dose, Event, LabResult, Patient, Regimen
 from models.types import utcnow
 from scheduler import domain
-from scheduler.alerts import extra_lab_orders
+from scheduler.alerts import DEFAULT_POLICY, AlertPolicy, extra_lab_orders
 from scheduler.clinic_calendar import ClinicCalendar
 from scheduler.errors import NotFound
 from scheduler.planning import horizon, plan
@@ -126,20 +126,28 @@ def load_record(session: Session, patient: Patient) -> PatientRecord:
 
 
 def replan_many(session: Session, patients: Sequence[Patient], calendar: ClinicCalendar,
-                today: date) -> list[PatientRecord]:
-    """Plan each patient afresh from what was recorded and bring the events in line."""
+                today: date, *, policy: AlertPolicy = DEFAULT_POLICY) -> list[PatientRecord]:
+    """Plan each patient afresh from what was recorded, bring the events in line, then
+    the safety alerts (``policy``: the clinic's thresholds, also for the extra lab orders)."""
+    from scheduler import safety  # noqa: PLC0415 (safety builds on this module)
+
     records = load_records(session, patients)
+    live = safety.live_alerts(session, [r.patient.id for r in records if r.patient.id is not None])
     for record in records:
-        events = plan(record.enrolment(), record.history(), calendar, today)
+        history = replace(record.history(),
+                          extra_lab_orders=tuple(extra_lab_orders(record.lab_results(), policy)))
+        events = plan(record.enrolment(), history, calendar, today)
         save_plan(session, record, events)
+        safety.sync_alerts(session, record, today, policy, live=live.get(record.patient.id, []))
         record.patient.planned_through = horizon(today) if record.patient.status == "active" else None
         session.add(record.patient)
     session.flush()
     return records
 
 
-def replan(session: Session, patient: Patient, calendar: ClinicCalendar, today: date) -> PatientRecord:
-    return replan_many(session, [patient], calendar, today)[0]
+def replan(session: Session, patient: Patient, calendar: ClinicCalendar, today: date, *,
+           policy: AlertPolicy = DEFAULT_POLICY) -> PatientRecord:
+    return replan_many(session, [patient], calendar, today, policy=policy)[0]
 
 
 _EVENT_FIELDS = ("kind", "phase", "seq", "label", "due", "status", "done_on", "tests", "because")

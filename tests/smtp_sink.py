@@ -73,7 +73,13 @@ class SmtpSink:
 
     # -- lifecycle -----------------------------------------------------------
 
-    def start(self) -> SmtpSink:
+    def start(self, port: int | None = None) -> SmtpSink:
+        """Listen on ``port`` (the same one again after a ``stop``), or a free one."""
+        if port is not None:
+            controller = Controller(_Handler(self), hostname=self.host, port=port)
+            controller.start()
+            self._controller, self.port = controller, port
+            return self
         # Another process may take the free port before we bind it: try a few.
         for attempt in range(5):
             port = free_port(self.host)

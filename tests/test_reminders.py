@@ -1,0 +1,276 @@
+"""Reminders end to end: real database, real SMTP server (aiosmtpd), the real pass.
+
+Time is the pass's ``--now`` (the edge), so every boundary is explicit: the
+evening before, send_time, the day of, the day after.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+
+import pytest
+from freezegun import freeze_time
+
+from scheduler.config import load_settings
+from scheduler.db import make_engine
+from scheduler.passes import run_pass
+from smtp_sink import SmtpSink
+
+# 2026-03-02 is a Monday. hydroxo doses: Mon 2, Wed 4, Fri 6, Mon 9, Wed 11, Fri 13 March.
+START = "2026-03-02"
+
+
+@pytest.fixture
+def smtp():
+    with SmtpSink() as sink:
+        yield sink
+
+
+@pytest.fixture
+def mailing_clinic(clinic, smtp):
+    clinic.configure(smtp_host=smtp.host, smtp_port=smtp.port)
+    return clinic
+
+
+def enrol(clinic, mrn="P1", email="ann@patient.example", start=START, *extra):
+    args = ["enroll", "--mrn", mrn, "--name", "Ann Example", "--start", start, *extra]
+    if email:
+        args += ["--email", email]
+    assert clinic.cobalt(*args).code == 0
+
+
+def tick(clinic, now):
+    result = clinic.cobalt("tick", "--now", now, "--json")
+    assert result.code == 0, result.err
+    return result.json()
+
+
+def of_kind(smtp, kind):
+    return [m for m in smtp.messages if m.message["X-Cobalt-Kind"] == kind]
+
+
+def dose_reminders(smtp):
+    return of_kind(smtp, "dose-reminder")
+
+
+def test_dose_reminder_waits_for_send_time_on_the_day_before(mailing_clinic, smtp):
+    enrol(mailing_clinic)
+    mailing_clinic.cobalt("give", "P1", "--on", START)
+    tick(mailing_clinic, "2026-03-03T07:59")
+    assert dose_reminders(smtp) == []
+    tick(mailing_clinic, "2026-03-03T08:00")
+    [reminder] = dose_reminders(smtp)
+    assert reminder.rcpt_tos == ["ann@patient.example"]
+    assert "Wednesday 4 March 2026" in reminder.message["Subject"]
+    assert reminder.message["Message-ID"].startswith("<cobalt.")
+    body = reminder.message.get_body(("plain",)).get_content()
+    assert "Wednesday 4 March 2026" in body
+    assert reminder.message.get_body(("html",)) is not None
+
+
+def test_repeated_passes_send_each_reminder_once(mailing_clinic, smtp):
+    enrol(mailing_clinic)
+    mailing_clinic.cobalt("give", "P1", "--on", START)
+    for minute in range(5):
+        tick(mailing_clinic, f"2026-03-03T08:0{minute}")
+    assert len(dose_reminders(smtp)) == 1
+    assert len(of_kind(smtp, "digest")) == 1
+
+
+def test_no_tomorrow_reminder_after_the_dose_day_has_come(mailing_clinic, smtp):
+    enrol(mailing_clinic)
+    mailing_clinic.cobalt("give", "P1", "--on", START)
+    # The scheduler was down from before send_time on the 3rd until the 4th.
+    tick(mailing_clinic, "2026-03-04T09:00")
+    assert dose_reminders(smtp) == []
+
+
+def test_reminder_queued_but_not_sent_before_the_day_is_skipped(mailing_clinic, smtp):
+    enrol(mailing_clinic)
+    mailing_clinic.cobalt("give", "P1", "--on", START)
+    smtp.stop()
+    tick(mailing_clinic, "2026-03-03T08:00")  # queued, the server is down
+    smtp.start(smtp.port)
+    tick(mailing_clinic, "2026-03-04T10:00")  # the dose day: the reminder is stale
+    assert dose_reminders(smtp) == []
+    statuses = {m["kind"]: m["status"] for m in mailing_clinic.cobalt("outbox", "--json").json()}
+    assert statuses["dose-reminder"] == "skipped"
+
+
+def test_no_reminder_for_a_dose_already_given(mailing_clinic, smtp):
+    enrol(mailing_clinic)
+    mailing_clinic.cobalt("give", "P1", "--on", START)
+    with freeze_time("2026-03-03T07:00:00Z"):
+        assert mailing_clinic.cobalt("give", "P1", "--on", "2026-03-03").code == 0
+    tick(mailing_clinic, "2026-03-03T08:00")
+    # dose 2 was given early; dose 3 is now due on Thursday 5th, not tomorrow
+    assert dose_reminders(smtp) == []
+
+
+def test_opted_out_and_discharged_patients_get_no_messages(mailing_clinic, smtp):
+    enrol(mailing_clinic, "P1", "ann@patient.example")
+    enrol(mailing_clinic, "P2", "bob@patient.example")
+    for mrn in ("P1", "P2"):
+        mailing_clinic.cobalt("give", mrn, "--on", START)
+    assert mailing_clinic.cobalt("opt-out", "P1").code == 0
+    with freeze_time("2026-03-03T07:00:00Z"):
+        assert mailing_clinic.cobalt("discharge", "P2", "--reason", "moved away").code == 0
+    tick(mailing_clinic, "2026-03-03T08:00")
+    tick(mailing_clinic, "2026-03-05T08:00")
+    patient_mail = [m for m in smtp.messages if m.rcpt_tos != ["nurses@clinic.example"]]
+    assert patient_mail == []
+    overdue = [m for m in of_kind(smtp, "overdue") if "P2" in m.message["Subject"]]
+    assert overdue == []
+
+
+def test_opting_back_in_restores_reminders(mailing_clinic, smtp):
+    enrol(mailing_clinic)
+    mailing_clinic.cobalt("give", "P1", "--on", START)
+    mailing_clinic.cobalt("opt-out", "P1")
+    mailing_clinic.cobalt("opt-in", "P1")
+    tick(mailing_clinic, "2026-03-03T08:00")
+    assert len(dose_reminders(smtp)) == 1
+
+
+def test_lab_reminder_goes_seven_days_before_at_send_time(mailing_clinic, smtp):
+    enrol(mailing_clinic)
+    mailing_clinic.cobalt("give", "P1", "--on", START)
+    mailing_clinic.cobalt("lab", "P1", "--on", START, "--order", "baseline", "--result", "b12=120")
+    # early-response is due Monday 9 March: its reminder goes at 08:00 on Monday 2 March
+    tick(mailing_clinic, "2026-03-02T07:59")
+    assert not of_kind(smtp, "lab-reminder")
+    tick(mailing_clinic, "2026-03-02T08:00")
+    [lab] = of_kind(smtp, "lab-reminder")
+    assert "Monday 9 March 2026" in lab.message["Subject"]
+    assert lab.rcpt_tos == ["ann@patient.example"]
+
+
+def test_lab_reminder_goes_at_once_when_the_lab_is_nearer_than_seven_days(mailing_clinic, smtp):
+    enrol(mailing_clinic)
+    tick(mailing_clinic, "2026-03-01T03:00")  # a Sunday night, baseline due tomorrow
+    [lab] = of_kind(smtp, "lab-reminder")
+    assert "Monday 2 March 2026" in lab.message["Subject"]
+
+
+def test_patient_messages_carry_no_lab_value_or_diagnosis(mailing_clinic, smtp):
+    enrol(mailing_clinic, "P1", "ann@patient.example", START, "--platelets", "31", "--hb", "7.2")
+    mailing_clinic.cobalt("give", "P1", "--on", START)
+    mailing_clinic.cobalt("lab", "P1", "--on", START, "--order", "baseline", "--result", "b12=117")
+    tick(mailing_clinic, "2026-03-03T08:00")
+    to_patient = [m for m in smtp.messages if m.rcpt_tos == ["ann@patient.example"]]
+    assert to_patient
+    for m in to_patient:
+        text = (m.message["Subject"] + m.message.get_body(("plain",)).get_content()
+                + m.message.get_body(("html",)).get_content()).lower()
+        for word in ("117", "7.2", "31", "b12", "cobalamin", "anaemia", "platelet", "deficien"):
+            assert word not in text, word
+
+
+def test_overdue_dose_reaches_the_clinic_the_day_after_with_the_technique_note(mailing_clinic, smtp):
+    enrol(mailing_clinic, "P1", "ann@patient.example", START, "--platelets", "40")
+    mailing_clinic.cobalt("give", "P1", "--on", START)
+    tick(mailing_clinic, "2026-03-04T20:00")  # dose 2 due today, not yet overdue
+    assert not [m for m in of_kind(smtp, "overdue") if "dose" in m.message["Subject"]]
+    tick(mailing_clinic, "2026-03-05T08:00")
+    [overdue] = [m for m in of_kind(smtp, "overdue") if "dose" in m.message["Subject"]]
+    assert overdue.rcpt_tos == ["nurses@clinic.example"]
+    text = overdue.message.get_body(("plain",)).get_content()
+    assert "P1" in text and "Wednesday 4 March 2026" in text
+    assert "25-27G" in text  # platelets 40: fine needle and pressure
+    assert "deltoid" in text and "buttock" in text
+
+
+def test_digest_goes_once_on_open_days_only(mailing_clinic, smtp):
+    enrol(mailing_clinic)
+    tick(mailing_clinic, "2026-03-07T09:00")  # Saturday: closed
+    tick(mailing_clinic, "2026-03-08T09:00")  # Sunday: closed
+    assert not of_kind(smtp, "digest")
+    tick(mailing_clinic, "2026-03-09T07:00")
+    tick(mailing_clinic, "2026-03-09T08:00")
+    tick(mailing_clinic, "2026-03-09T17:00")
+    [digest] = of_kind(smtp, "digest")
+    assert digest.rcpt_tos == ["nurses@clinic.example"]
+    text = digest.message.get_body(("plain",)).get_content()
+    assert "Overdue" in text and "P1" in text
+
+
+def test_clinic_in_berlin_sends_at_local_send_time_across_the_clock_change(clinic, smtp):
+    clinic.configure(timezone="Europe/Berlin", smtp_host=smtp.host, smtp_port=smtp.port)
+    # Dose due Monday 30 March 2026; clocks went forward on Sunday 29 March (UTC+1 -> UTC+2).
+    enrol(clinic, "P1", "ann@patient.example", "2026-03-30")
+    tick(clinic, "2026-03-29T05:59:00+00:00")  # 07:59 CEST
+    assert dose_reminders(smtp) == []
+    tick(clinic, "2026-03-29T06:00:00+00:00")  # 08:00 CEST
+    assert len(dose_reminders(smtp)) == 1
+
+
+def test_smtp_outage_keeps_messages_queued_until_the_server_is_back(mailing_clinic, smtp):
+    for n in range(5):
+        enrol(mailing_clinic, f"P{n}", f"p{n}@patient.example")
+        mailing_clinic.cobalt("give", f"P{n}", "--on", START)
+    port = smtp.port
+    smtp.stop()
+    report = tick(mailing_clinic, "2026-03-03T08:00")
+    assert report["sent"] == 0 and report["retried"] >= 1
+    queued = [m for m in mailing_clinic.cobalt("outbox", "--json").json() if m["status"] == "queued"]
+    assert len(queued) >= 6  # five reminders and the digest
+    smtp.start(port)
+    tick(mailing_clinic, "2026-03-03T08:30")  # the back-off has passed
+    assert sorted(r for m in dose_reminders(smtp) for r in m.rcpt_tos) == [
+        f"p{n}@patient.example" for n in range(5)
+    ]
+    assert len({m.message["Message-ID"] for m in smtp.messages}) == len(smtp.messages)
+
+
+def test_permanent_failure_is_marked_failed_and_reported_in_the_next_digest(mailing_clinic, smtp):
+    from smtp_sink import PERMANENT
+
+    enrol(mailing_clinic)
+    mailing_clinic.cobalt("give", "P1", "--on", START)
+    smtp.rcpt_reply = PERMANENT
+    tick(mailing_clinic, "2026-03-03T08:00")
+    statuses = {m["kind"]: m["status"] for m in mailing_clinic.cobalt("outbox", "--json").json()}
+    assert statuses["dose-reminder"] == "failed"
+    smtp.rcpt_reply = None
+    tick(mailing_clinic, "2026-03-04T08:00")
+    [digest] = of_kind(smtp, "digest")
+    text = digest.message.get_body(("plain",)).get_content()
+    assert "Failed messages (" in text and "Failed messages (0)" not in text
+
+
+def test_two_passes_at_once_send_nothing_twice(mailing_clinic, smtp):
+    for n in range(20):
+        enrol(mailing_clinic, f"P{n}", f"p{n}@patient.example")
+        mailing_clinic.cobalt("give", f"P{n}", "--on", START)
+    settings = load_settings()
+    now = datetime(2026, 3, 3, 8, 0, tzinfo=UTC)
+    errors = []
+
+    def one_pass():
+        engine = make_engine(settings.database_url)
+        try:
+            run_pass(engine, settings, now)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            engine.dispose()
+
+    threads = [threading.Thread(target=one_pass) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    recipients = sorted(r for m in dose_reminders(smtp) for r in m.rcpt_tos)
+    assert recipients == sorted(f"p{n}@patient.example" for n in range(20))
+
+
+def test_without_smtp_messages_are_written_as_eml_files(clinic):
+    enrol(clinic)
+    clinic.cobalt("give", "P1", "--on", START)
+    tick(clinic, "2026-03-03T08:00")
+    files = sorted((clinic.path / "outbox").glob("*.eml"))
+    sent = [m for m in clinic.cobalt("outbox", "--json").json() if m["status"] == "sent"]
+    assert len(files) == len(sent) >= 2
+    assert any(b"Wednesday 4 March 2026" in f.read_bytes() for f in files)
