@@ -36,20 +36,20 @@ def scheduled_pass(engine: Engine, settings: Settings) -> None:
 
 def build_scheduler(engine: Engine, settings: Settings) -> BlockingScheduler:
     tz = settings.clinic.tz
-    scheduler = BlockingScheduler(timezone=tz, job_defaults={
-        "coalesce": True,
-        "max_instances": 1,
-        "misfire_grace_time": settings.scheduler.misfire_grace_seconds,
-    })
+    scheduler = BlockingScheduler(timezone=tz)
+    # A late pass still runs (generous grace), missed runs collapse into one, and
+    # a slow pass never overlaps itself within a process.
+    job = {"coalesce": True, "max_instances": 1,
+           "misfire_grace_time": settings.scheduler.misfire_grace_seconds,
+           "args": (engine, settings), "replace_existing": True}
     scheduler.add_job(
         scheduled_pass, IntervalTrigger(seconds=settings.scheduler.pass_every_seconds, timezone=tz),
-        args=(engine, settings), id="pass", name="scheduler pass", replace_existing=True,
-        next_run_time=datetime.now(tz),
+        id="pass", name="scheduler pass", next_run_time=datetime.now(tz), **job,
     )
     send_at = settings.clinic.send_at
     scheduler.add_job(
         scheduled_pass, CronTrigger(hour=send_at.hour, minute=send_at.minute, timezone=tz),
-        args=(engine, settings), id="digest", name="daily digest at send_time", replace_existing=True,
+        id="digest", name="daily digest at send_time", **job,
     )
     return scheduler
 

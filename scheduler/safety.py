@@ -17,17 +17,23 @@ and records what it sent with ``mark_notified``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from datetime import date
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import date, timedelta
 from typing import Any
 
 from sqlalchemy import case, update
 from sqlmodel import Session, col, select
 
-from models import Alert, Patient
+from models import Alert, Event, Patient
 from models.types import utcnow
 from scheduler import domain
-from scheduler.alerts import DEFAULT_POLICY, AlertPolicy, evaluate
+from scheduler.alerts import (
+    DEFAULT_POLICY,
+    RESPONSE_GATE_GRACE_DAYS,
+    RESPONSE_GATE_LABEL,
+    AlertPolicy,
+    evaluate,
+)
 from scheduler.errors import BadInput
 from scheduler.store import PatientRecord, audit, get_patient
 
@@ -75,13 +81,14 @@ def live_alerts(session: Session, patient_ids: Iterable[int]) -> dict[int, list[
 
 def sync_alerts(
     session: Session, record: PatientRecord, today: date, policy: AlertPolicy = DEFAULT_POLICY,
-    *, live: Sequence[Alert] | None = None,
+    *, live: Mapping[int, Sequence[Alert]] | None = None,
 ) -> list[Alert]:
     """Bring the patient's alert rows in line with the rules on ``today``.
 
     Call after the patient's events are saved (the response gate reads them).
-    ``live`` is the patient's live rows when the caller loaded a batch at once
-    (``live_alerts``). Returns the rows inserted (new alerts, open), unflushed.
+    ``live`` is what ``live_alerts`` returned when the caller loaded a whole
+    batch at once; without it the patient's rows are read here. Returns the rows
+    inserted (new alerts, open), not yet flushed.
     """
     patient = record.patient
     assert patient.id is not None
@@ -94,10 +101,10 @@ def sync_alerts(
         raised = []  # discharged: nothing more is raised, and what stood is closed
     standing = {a.code: a for a in raised}
     if live is None:
-        live = live_alerts(session, [patient.id])[patient.id]
+        live = live_alerts(session, [patient.id])
     now = utcnow()
     kept: dict[str, Alert] = {}
-    for row in live:
+    for row in live.get(patient.id, ()):
         if row.code in standing and row.code not in kept:
             kept[row.code] = row
             continue
@@ -109,18 +116,43 @@ def sync_alerts(
     inserted: list[Alert] = []
     for code, alert in standing.items():
         message = alert.message[:_MESSAGE_MAX]
-        row = kept.get(code)
-        if row is None:
-            row = Alert(
+        existing = kept.get(code)
+        if existing is None:
+            new = Alert(
                 patient_id=patient.id, code=code, severity=alert.severity.value, message=message,
                 since=alert.since, status=OPEN, opened_at=now,
             )
-            session.add(row)
-            inserted.append(row)
-        elif row.status == OPEN and row.message != message:
-            row.message = message  # the latest value and advice; ``since`` keeps the first day
-            session.add(row)
+            session.add(new)
+            inserted.append(new)
+        elif existing.status == OPEN and existing.message != message:
+            existing.message = message  # the latest value and advice; ``since`` keeps the first day
+            session.add(existing)
     return inserted
+
+
+def due_for_alert_check(session: Session, today: date) -> list[Patient]:
+    """Active patients an alert is due on by the calendar alone, not yet raised.
+
+    Most rules change only when something is recorded (and the patient is
+    replanned then); the response gate goes off when a date passes. A pass
+    replans these patients (``store.replan_many``) so that alert is raised on time.
+    Reads through the (status, due) index of the events.
+    """
+    late = today - timedelta(days=RESPONSE_GATE_GRACE_DAYS)
+    raised = select(Alert.patient_id).where(
+        Alert.code == RESPONSE_GATE_LABEL, col(Alert.status).in_([OPEN, ACKNOWLEDGED]),
+        col(Alert.cleared_at).is_(None),
+    )
+    query = (
+        select(Patient)
+        .join(Event, col(Event.patient_id) == col(Patient.id))
+        .where(Event.status == domain.Status.PLANNED.value, col(Event.due) <= late,
+               Event.kind == domain.Kind.REVIEW.value, Event.label == RESPONSE_GATE_LABEL,
+               Patient.status == "active", col(Patient.id).not_in(raised))
+        .distinct()
+        .order_by(col(Patient.id))
+    )
+    return list(session.exec(query))
 
 
 # -- reading ---------------------------------------------------------------------
@@ -156,10 +188,15 @@ def alerts_json(record: PatientRecord, session: Session | None = None) -> list[d
     Reads through the session the record's patient was loaded in, unless given one.
     """
     patient = record.patient
-    session = session or Session.object_session(patient)
+    session = session or _session_of(patient)
     if session is None or patient.id is None:
         return []
     return open_alerts_by_patient(session, [patient.id]).get(patient.id, [])
+
+
+def _session_of(row: Any) -> Session | None:
+    found = Session.object_session(row)
+    return found if isinstance(found, Session) else None
 
 
 def list_open_alerts(session: Session) -> list[dict[str, Any]]:
@@ -221,7 +258,8 @@ def pending_urgent_alerts(session: Session) -> list[dict[str, Any]]:
     """Open urgent alerts the clinic has not been sent yet, oldest first.
 
     Each is ``{id, patient_id, mrn, name, code, severity, message, since, opened_at}``
-    (``since`` ISO date, ``opened_at`` aware UTC datetime).
+    with ``since`` a ``date`` and ``opened_at`` an aware UTC datetime (for templates,
+    not JSON).
     """
     query = (
         select(Alert, Patient)
@@ -231,8 +269,8 @@ def pending_urgent_alerts(session: Session) -> list[dict[str, Any]]:
         .order_by(col(Alert.opened_at), col(Alert.id))
     )
     return [
-        {"id": a.id, "patient_id": p.id, "mrn": p.mrn, "name": p.name, **_alert_json(a),
-         "opened_at": a.opened_at}
+        {"id": a.id, "patient_id": p.id, "mrn": p.mrn, "name": p.name, "code": a.code,
+         "severity": a.severity, "message": a.message, "since": a.since, "opened_at": a.opened_at}
         for a, p in session.exec(query)
     ]
 

@@ -138,7 +138,7 @@ def replan_many(session: Session, patients: Sequence[Patient], calendar: ClinicC
                           extra_lab_orders=tuple(extra_lab_orders(record.lab_results(), policy)))
         events = plan(record.enrolment(), history, calendar, today)
         save_plan(session, record, events)
-        safety.sync_alerts(session, record, today, policy, live=live.get(record.patient.id, []))
+        safety.sync_alerts(session, record, today, policy, live=live)
         record.patient.planned_through = horizon(today) if record.patient.status == "active" else None
         session.add(record.patient)
     session.flush()

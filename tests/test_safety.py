@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import date
 from typing import Any
 
 import pytest
@@ -12,7 +13,8 @@ from sqlmodel import Session, select
 
 from models import Alert, Audit, Patient
 from scheduler import db
-from scheduler.safety import mark_notified, pending_urgent_alerts
+from scheduler.safety import due_for_alert_check, mark_notified, pending_urgent_alerts
+from scheduler.store import replan_many
 
 START = "2026-03-02"  # a Monday
 TODAY = "2026-03-20"
@@ -190,12 +192,32 @@ def test_an_egfr_of_45_on_cyano_raises_renal_cyano_and_it_waits_for_the_clinic_o
         with db.transaction(engine) as session:
             pending = pending_urgent_alerts(session)
             assert [(p["mrn"], p["code"]) for p in pending] == [("A1", "renal-cyano")]
+            assert pending[0]["since"] == date(2026, 3, 3)
             assert mark_notified(session, [p["id"] for p in pending]) == [pending[0]["id"]]
         with db.transaction(engine) as session:
             assert pending_urgent_alerts(session) == []
             assert mark_notified(session, [pending[0]["id"]]) == []
     finally:
         engine.dispose()
+
+
+def test_a_response_gate_two_days_overdue_is_found_for_the_pass_to_raise(clinic):
+    with freeze_time("2026-03-05T12:00:00Z"):
+        enroll(clinic, "A1", "--protocol", "cyano")  # the gate is due on 2026-03-09
+    assert [r.code for r in alert_rows(clinic)] == []  # raised only when a pass looks again
+    engine = db.make_engine(clinic.database_url)
+    try:
+        with db.transaction(engine) as session:
+            assert due_for_alert_check(session, date(2026, 3, 10)) == []
+            patients = due_for_alert_check(session, date(2026, 3, 11))
+            assert [p.mrn for p in patients] == ["A1"]
+            replan_many(session, patients, clinic.settings().clinic.calendar(), date(2026, 3, 11))
+        with db.transaction(engine) as session:
+            assert due_for_alert_check(session, date(2026, 3, 11)) == []
+    finally:
+        engine.dispose()
+    [alert] = [a for a in alerts_of(clinic) if a["code"] == "response-gate"]
+    assert (alert["severity"], alert["since"]) == ("warning", "2026-03-11")
 
 
 def test_a_borderline_b12_adds_an_mma_order_due_at_once(clinic):
