@@ -14,7 +14,8 @@ The rules, from SPEC section 2:
 - A dose, lab or review due on a closed day is due on the next open day; the
   next interval counts from that shifted date.
 - Maintenance starts one maintenance interval after the last loading dose and is
-  planned at least ``ROLL_FORWARD_BELOW_MONTHS`` ahead, for life.
+  planned at least ``ROLL_FORWARD_BELOW_MONTHS`` ahead, for life: the furthest
+  planned dose is always a year or more away (until the pass replans).
 - Labs hang off the treatment start: the date the first dose was given, or the
   planned start until then. A switch of protocol does not move them.
 """
@@ -318,17 +319,20 @@ class _RegimenPlanner:
     # -- maintenance -----------------------------------------------------------
 
     def maintenance(self) -> None:
+        """Every dose due by the horizon, and the first one after it: so the furthest
+        planned dose is more than ``PLAN_AHEAD_MONTHS`` ahead when the plan is made,
+        and still at least ``ROLL_FORWARD_BELOW_MONTHS`` ahead when the pass replans."""
         months = self.regimen.maintenance_months
         seq = 0
         while True:
             assert self.previous is not None
             raw = add_months(self.previous.on, months)
-            if self.calendar.next_open(raw) > self.planned_to:
-                return
             seq += 1
             because = f"{_plural(months, 'month')} after {self.previous.says()}"
-            self.dose(Phase.MAINTENANCE, self.protocol.maintenance_label, seq, raw, because,
-                      f"maintenance dose {seq}")
+            event = self.dose(Phase.MAINTENANCE, self.protocol.maintenance_label, seq, raw, because,
+                              f"maintenance dose {seq}")
+            if event.due > self.planned_to:
+                return
 
 
 def _plan_labs(enrolment: Enrolment, history: History, calendar: ClinicCalendar,
