@@ -10,9 +10,10 @@ import argparse
 import getpass
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, NoReturn
 
 from sqlalchemy import Engine
@@ -34,6 +35,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _date(text: str) -> date:
     try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):  # not 20260302 nor 2026-W10-1
+            raise ValueError(text)
         return date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
@@ -44,6 +47,8 @@ def _datetime(text: str) -> datetime:
         value = datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date-time") from None
+    if value.year > 9000:  # the plan reaches years ahead of it
+        raise argparse.ArgumentTypeError(f"{text!r} is too far in the future")
     return value
 
 
@@ -213,7 +218,10 @@ def cmd_due(app: App) -> None:
     days = app.args.days or 0
     if days < 0:
         raise BadInput("--days must not be negative")
-    until = date.fromordinal(on.toordinal() + days)
+    try:
+        until = on + timedelta(days=days)
+    except OverflowError:
+        raise BadInput(f"--days {days} reaches beyond the calendar") from None
     with db.transaction(app.engine) as session:
         rows = service.worklist(session, until)
         alerts = open_alerts_by_patient(session, {p.id for _, p in rows if p.id is not None})

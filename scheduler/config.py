@@ -142,7 +142,7 @@ def load_settings(environ: dict[str, str] | None = None, cwd: Path | None = None
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: {exc}") from None
-    elif "COBALT_CONFIG" in environ:
+    elif environ.get("COBALT_CONFIG"):  # set but empty: as if unset
         raise ConfigError(f"COBALT_CONFIG names {path}, which does not exist")
 
     for name, (section, key) in ENVIRONMENT.items():

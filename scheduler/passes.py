@@ -14,11 +14,13 @@ from sqlalchemy import Engine
 from sqlmodel import col, select
 
 from models import Patient
+from scheduler.alerts import AlertPolicy
 from scheduler.config import Settings
 from scheduler.db import transaction
 from scheduler.mailer import Mailer
 from scheduler.outbox import deliver, queue_due_messages
 from scheduler.planning import ROLL_FORWARD_BELOW_MONTHS, add_months
+from scheduler.safety import due_for_alert_check
 from scheduler.store import replan_many
 
 log = logging.getLogger("cobalt.pass")
@@ -53,6 +55,7 @@ def roll_forward(engine: Engine, settings: Settings, now: datetime) -> int:
     """
     today = local_today(settings, now)
     calendar = settings.clinic.calendar()
+    policy = AlertPolicy.from_mapping(settings.alerts)
     threshold = add_months(today, ROLL_FORWARD_BELOW_MONTHS)
     total = 0
     while True:
@@ -68,10 +71,16 @@ def roll_forward(engine: Engine, settings: Settings, now: datetime) -> int:
             patients = list(session.exec(query))
             if not patients:
                 break
-            replan_many(session, patients, calendar, today)
+            replan_many(session, patients, calendar, today, policy=policy)
+            total += len(patients)
+    # Alerts that a date alone sets off (an unconfirmed response gate).
+    with transaction(engine) as session:
+        patients = due_for_alert_check(session, today)
+        if patients:
+            replan_many(session, patients, calendar, today, policy=policy)
             total += len(patients)
     if total:
-        log.info("rolled %d plans forward", total)
+        log.info("replanned %d patients", total)
     return total
 
 

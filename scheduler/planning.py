@@ -87,7 +87,9 @@ def plan(
     for number, regimen in enumerate(regimens, start=1):
         ends_on = regimens[number].start if number < len(regimens) else closed_on
         decisions = [
-            d for d in history.decisions if d.on >= regimen.start and (ends_on is None or d.on < ends_on or d.kind == DecisionKind.DISCHARGE)
+            d for d in history.decisions
+            if d.on >= regimen.start
+            and (ends_on is None or d.on < ends_on or d.kind == DecisionKind.DISCHARGE)
         ]
         regimen_events = _RegimenPlanner(
             prefix=f"r{number}",
@@ -197,10 +199,7 @@ class _RegimenPlanner:
         key = f"{self.prefix}:dose:{phase.value}:{seq}"
         due, because = _shifted(self.calendar, raw, because)
         given_on = self.history.given(key)
-        if given_on is not None:
-            status = Status.DONE
-        else:
-            status = Status.HELD if self.held else Status.PLANNED
+        status = Status.DONE if given_on is not None else Status.HELD if self.held else Status.PLANNED
         event = PlannedEvent(
             key=key, kind=Kind.DOSE, phase=phase, seq=seq, label=label, due=due,
             status=status, because=because, done_on=given_on,
@@ -288,7 +287,8 @@ class _RegimenPlanner:
             while last is not None and start + timedelta(days=NEURO_REVIEW_EVERY_DAYS * step) <= last:
                 step += 1
             days = NEURO_REVIEW_EVERY_DAYS * step
-            because = f"{days} days after the treatment start {start.isoformat()}: is neurological improvement continuing?"
+            because = (f"{days} days after the treatment start {start.isoformat()}: "
+                       "is neurological improvement continuing?")
             raw = start + timedelta(days=days)
             if seq <= len(done):
                 last = done[seq - 1]
@@ -296,7 +296,8 @@ class _RegimenPlanner:
             elif ended_on is None:
                 self.review(NEURO_REVIEW_LABEL, seq, raw, because, None, Status.PLANNED)
             elif ended_on >= self.calendar.next_open(raw):
-                self.review(NEURO_REVIEW_LABEL, seq, raw, because + f"; loading ended {ended_on.isoformat()}", ended_on, Status.DONE)
+                self.review(NEURO_REVIEW_LABEL, seq, raw, f"{because}; loading ended {ended_on.isoformat()}",
+                            ended_on, Status.DONE)
             else:
                 self.review(NEURO_REVIEW_LABEL, seq, raw, because, None, Status.CANCELLED)
 

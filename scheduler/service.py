@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 
 from sqlmodel import Session, col, select
 
@@ -28,6 +28,9 @@ from scheduler.store import (
     load_record,
     replan,
 )
+
+# Clinic policy: a planned start further ahead than this is taken for a typo.
+START_AT_MOST_DAYS_AHEAD = 366
 
 RENAL_REFUSAL = (
     "cyanocobalamin must not be used in renal dysfunction (eGFR below 60 or renal impairment): "
@@ -82,6 +85,9 @@ def enroll(
         raise BadInput("--mrn must not be empty")
     if not name:
         raise BadInput("--name must not be empty")
+    for option, value, longest in (("--mrn", mrn, 64), ("--name", name, 200), ("--email", email, 320)):
+        if value is not None and len(value) > longest:
+            raise BadInput(f"{option} is {len(value)} characters long: at most {longest} are allowed")
     if email is not None:
         email = email.strip()
         if "@" not in email or " " in email or email.startswith("@") or email.endswith("@"):
@@ -91,6 +97,8 @@ def enroll(
         chosen, maintenance_months if maintenance_months is not None else chosen.default_maintenance_months
     )
     start = start or ctx.today
+    if start > ctx.today + timedelta(days=START_AT_MOST_DAYS_AHEAD):
+        raise BadInput(f"--start {start.isoformat()} is more than a year ahead: check the year")
     initial: list[tuple[str, float]] = []
     for code, value in (("egfr", egfr), ("platelets", platelets), ("hb", hb)):
         if value is not None:
@@ -227,7 +235,9 @@ def _regimen_decision(session: Session, ctx: Context, mrn: str, on: date | None,
     if regimen.protocol != protocol:
         raise BadInput(f"{what} applies to {protocol} only; {mrn} is on {regimen.protocol}")
     if on < regimen.start:
-        raise BadInput(f"{on.isoformat()} is before the start of {regimen.protocol} on {regimen.start.isoformat()}")
+        raise BadInput(
+            f"{on.isoformat()} is before the start of {regimen.protocol} on {regimen.start.isoformat()}"
+        )
     if any(d.kind == kind.value and d.on >= regimen.start for d in record.decisions):
         raise BadInput(f"{what} was already recorded for {mrn}")
     return patient

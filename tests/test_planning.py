@@ -144,8 +144,8 @@ def test_hydroxo_loading_is_six_doses_at_offsets_0_2_4_7_9_11(
 )
 def test_hydroxo_maintenance_starts_one_interval_after_dose_6(months: int, expected: list[str]) -> None:
     enrolled = enrolment("hydroxo", "2026-03-02", months)
-    history = give_in_turn(enrolled, EVERY_DAY,
-                           ["2026-03-02", "2026-03-04", "2026-03-06", "2026-03-09", "2026-03-11", "2026-03-13"])
+    on_time = ["2026-03-02", "2026-03-04", "2026-03-06", "2026-03-09", "2026-03-11", "2026-03-13"]
+    history = give_in_turn(enrolled, EVERY_DAY, on_time)
     events = plan(enrolled, history, EVERY_DAY, D("2026-03-13"))
     maintenance = doses(events, Phase.MAINTENANCE)
     assert dues(maintenance)[:4] == expected
@@ -202,7 +202,8 @@ def test_each_dose_is_due_one_interval_after_the_previous_one_given_or_due(
     assert [e.done_on.isoformat() if e.done_on else None for e in loading] == (
         given_on + [None] * (6 - len(given_on))
     )
-    assert [e.status for e in loading] == [Status.DONE] * len(given_on) + [Status.PLANNED] * (6 - len(given_on))
+    not_given = 6 - len(given_on)
+    assert [e.status for e in loading] == [Status.DONE] * len(given_on) + [Status.PLANNED] * not_given
     assert doses(events, Phase.MAINTENANCE)[0].due == D(expected_first_maintenance)
 
 
@@ -431,7 +432,8 @@ def test_cyano_phase_3_is_every_3_days_for_3_weeks_then_maintenance_monthly() ->
 def test_cyano_doses_given_through_every_phase_move_the_later_ones() -> None:
     enrolled = enrolment("cyano", CYANO_START)
     decisions = decided((DecisionKind.CONFIRM_RESPONSE, "2026-03-09"))
-    phase_2 = ["2026-03-10", "2026-03-12", "2026-03-13", "2026-03-15", "2026-03-17", "2026-03-19", "2026-03-21"]
+    phase_2 = ["2026-03-10", "2026-03-12", "2026-03-13", "2026-03-15",
+               "2026-03-17", "2026-03-19", "2026-03-21"]
     history = give_in_turn(enrolled, EVERY_DAY, PHASE_1 + phase_2 + ["2026-03-26"], decisions)
     events = plan(enrolled, history, EVERY_DAY, D("2026-03-26"))
     loading = doses(events, Phase.LOADING)
@@ -501,7 +503,7 @@ def test_neuro_review_on_a_closed_day_is_due_on_the_next_open_day() -> None:
     assert review.due == D("2026-04-07")
 
 
-def test_ending_neuro_loading_cancels_the_next_dose_and_starts_maintenance_two_months_after_the_last() -> None:
+def test_ending_neuro_loading_cancels_the_next_dose_and_starts_maintenance_2_months_after_the_last() -> None:
     enrolled = enrolment("hydroxo-neuro", NEURO_START)
     given = ["2026-03-02", "2026-03-04", "2026-03-06", "2026-03-09"]
     history = give_in_turn(enrolled, EVERY_DAY, given)

@@ -274,3 +274,17 @@ def test_without_smtp_messages_are_written_as_eml_files(clinic):
     sent = [m for m in clinic.cobalt("outbox", "--json").json() if m["status"] == "sent"]
     assert len(files) == len(sent) >= 2
     assert any(b"Wednesday 4 March 2026" in f.read_bytes() for f in files)
+
+
+def test_urgent_alert_reaches_the_clinic_once_at_the_next_pass(mailing_clinic, smtp):
+    enrol(mailing_clinic, "P1", "ann@patient.example", START, "--hb", "4.6")
+    tick(mailing_clinic, "2026-03-02T03:00")  # before send_time: urgent alerts do not wait
+    tick(mailing_clinic, "2026-03-02T03:01")
+    tick(mailing_clinic, "2026-03-02T09:00")
+    alerts = of_kind(smtp, "alert")
+    assert len(alerts) == 1
+    assert alerts[0].rcpt_tos == ["nurses@clinic.example"]
+    assert "hb-critical" in alerts[0].message["Subject"] and "P1" in alerts[0].message["Subject"]
+    [digest] = of_kind(smtp, "digest")
+    assert "hb-critical" in digest.message.get_body(("plain",)).get_content()
+    assert all(m.rcpt_tos == ["nurses@clinic.example"] for m in alerts + [digest])
