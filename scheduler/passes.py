@@ -75,8 +75,12 @@ def roll_forward(engine: Engine, settings: Settings, now: datetime) -> int:
             total += len(patients)
     # Alerts that a date alone sets off (an unconfirmed response gate).
     with transaction(engine) as session:
-        patients = due_for_alert_check(session, today)
-        if patients:
+        ids = [p.id for p in due_for_alert_check(session, today)]
+        if ids:
+            query = select(Patient).where(col(Patient.id).in_(ids))
+            if engine.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)  # another process has them
+            patients = list(session.exec(query))
             replan_many(session, patients, calendar, today, policy=policy)
             total += len(patients)
     if total:
