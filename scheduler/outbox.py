@@ -129,13 +129,13 @@ def _insert(session: Session, templates: Templates, settings: Settings, drafts: 
         return 0
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(Outbox).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(Outbox.id)
+    stmt = insert(Outbox).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(col(Outbox.id))
     return len(session.connection().execute(stmt, rows).all())
 
 
 def _not_queued(kind: str, recipient: Any) -> Any:
     return ~exists().where(
-        Outbox.event_id == Event.id, Outbox.kind == kind, Outbox.recipient == recipient
+        col(Outbox.event_id) == col(Event.id), col(Outbox.kind) == kind, col(Outbox.recipient) == recipient
     )
 
 
@@ -143,8 +143,8 @@ def _latest_platelets(session: Session, patient_ids: Sequence[int]) -> dict[int,
     if not patient_ids:
         return {}
     rows = session.exec(
-        select(LabResult.patient_id, LabResult.value, LabResult.taken_on, LabResult.id)
-        .where(LabResult.code == "platelets", col(LabResult.patient_id).in_(patient_ids))
+        select(col(LabResult.patient_id), col(LabResult.value), col(LabResult.taken_on), col(LabResult.id))
+        .where(col(LabResult.code) == "platelets", col(LabResult.patient_id).in_(patient_ids))
     )
     latest: dict[int, tuple[date, int, float]] = {}
     for patient_id, value, taken_on, row_id in rows:
@@ -170,10 +170,10 @@ def _patient_reminders(session: Session, clock: Clock, templates: Templates, kin
     if kind == DOSE_REMINDER:
         if not clock.after_send_time:
             return 0
-        window = (Event.kind == "dose", Event.due == today + timedelta(days=1))
+        window: tuple[Any, ...] = (col(Event.kind) == "dose", col(Event.due) == today + timedelta(days=1))
     else:
         last = today + timedelta(days=LAB_REMINDER_DAYS - (0 if clock.after_send_time else 1))
-        window = (Event.kind == "lab", col(Event.due) >= today, col(Event.due) <= last)
+        window = (col(Event.kind) == "lab", col(Event.due) >= today, col(Event.due) <= last)
     query = (
         select(Event, Patient)
         .join(Patient, col(Patient.id) == col(Event.patient_id))
@@ -343,8 +343,8 @@ def backoff(settings: Settings, attempts: int) -> timedelta:
 def _claim(engine: Engine, settings: Settings, now: datetime, token: str) -> list[Outbox]:
     """Claim up to a batch of sendable rows with one conditional UPDATE."""
     ready = or_(
-        and_(Outbox.status == "queued", col(Outbox.next_attempt_at) <= now),
-        and_(Outbox.status == "sending", col(Outbox.claimed_until) < now),
+        and_(col(Outbox.status) == "queued", col(Outbox.next_attempt_at) <= now),
+        and_(col(Outbox.status) == "sending", col(Outbox.claimed_until) < now),
     )
     with transaction(engine) as session:
         pick = select(Outbox.id).where(ready).order_by(col(Outbox.id)).limit(settings.scheduler.batch_size)
@@ -387,7 +387,8 @@ def _finish(engine: Engine, row: Outbox, token: str, **values: Any) -> None:
     with transaction(engine) as session:
         session.execute(
             update(Outbox)
-            .where(Outbox.id == row.id, Outbox.claimed_by == token, Outbox.status == "sending")
+            .where(col(Outbox.id) == row.id, col(Outbox.claimed_by) == token,
+                   col(Outbox.status) == "sending")
             .values(claimed_by=None, claimed_until=None, **values)
         )
 
@@ -415,6 +416,7 @@ def deliver(engine: Engine, settings: Settings, now: datetime, mailer: Mailer | 
             events = {e.id: e for e in session.exec(select(Event).where(col(Event.id).in_(event_ids)))}
             patients = {p.id: p for p in session.exec(select(Patient).where(col(Patient.id).in_(patient_ids)))}
         outage = False
+        retry_at = now
         with mailer.session() as sender:
             for row in rows:
                 if outage:
