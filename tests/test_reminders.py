@@ -7,13 +7,14 @@ evening before, send_time, the day of, the day after.
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import pytest
 from freezegun import freeze_time
 
 from scheduler.config import load_settings
 from scheduler.db import make_engine
+from scheduler.messages import longdate
 from scheduler.passes import run_pass
 from smtp_sink import SmtpSink
 
@@ -288,3 +289,25 @@ def test_urgent_alert_reaches_the_clinic_once_at_the_next_pass(mailing_clinic, s
     [digest] = of_kind(smtp, "digest")
     assert "hb-critical" in digest.message.get_body(("plain",)).get_content()
     assert all(m.rcpt_tos == ["nurses@clinic.example"] for m in alerts + [digest])
+
+
+@pytest.mark.parametrize("protocol", ["hydroxo", "hydroxo-neuro", "cyano"])
+def test_three_weeks_of_daily_passes_render_every_kind_for_every_protocol(mailing_clinic, smtp, protocol):
+    enrol(mailing_clinic, "P1", "ann@patient.example", START, "--protocol", protocol, "--platelets", "37")
+    mailing_clinic.cobalt("give", "P1", "--on", START)
+    for day in range(1, 22):
+        tick(mailing_clinic, f"2026-03-{day + 1:02d}T08:00")
+    kinds = {m.message["X-Cobalt-Kind"] for m in smtp.messages}
+    assert {"dose-reminder", "lab-reminder", "overdue", "digest"} <= kinds
+    for m in smtp.messages:
+        if m.rcpt_tos == ["ann@patient.example"]:
+            text = m.message.get_body(("plain",)).get_content().lower()
+            assert "37" not in text and "platelet" not in text and protocol not in text
+    held = [e for e in mailing_clinic.cobalt("schedule", "P1", "--json").json()["events"]
+            if e["status"] == "held"]
+    reminded = {m.message["Subject"] for m in dose_reminders(smtp)}
+    if protocol == "cyano":
+        assert held  # phase 2 waits for the response gate
+    for event in held:  # nothing is sent about a dose that is held
+        when = longdate(date.fromisoformat(event["due"]))
+        assert not any(when in subject for subject in reminded)
