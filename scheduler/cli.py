@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, NoReturn
 
+from alembic.util.exc import CommandError as AlembicCommandError
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -111,16 +112,21 @@ def _os_user() -> str:
 
 def cmd_db(app: App) -> None:
     engine = db.make_engine(app.settings.database_url)
-    if app.args.db_command == "upgrade":
-        db.upgrade(engine, "head")
-        print(f"database at {db.current_revision(engine)} (newest)")
-    elif app.args.db_command == "downgrade":
-        db.downgrade(engine, app.args.revision)
-        print(f"database at {db.current_revision(engine) or 'base'}")
-    else:
-        current = db.current_revision(engine)
-        head = db.head_revision()
-        print(f"database at {current or 'base'}; newest is {head}")
+    try:
+        if app.args.db_command == "upgrade":
+            db.upgrade(engine, "head")
+            print(f"database at {db.current_revision(engine)} (newest)")
+        elif app.args.db_command == "downgrade":
+            db.downgrade(engine, app.args.revision)
+            print(f"database at {db.current_revision(engine) or 'base'}")
+        else:
+            current = db.current_revision(engine)
+            head = db.head_revision()
+            print(f"database at {current or 'base'}; newest is {head}")
+    except AlembicCommandError as exc:  # e.g. an unknown revision
+        raise BadInput(str(exc).splitlines()[0]) from None
+    finally:
+        engine.dispose()
 
 
 def cmd_protocols(app: App) -> None:

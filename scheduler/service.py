@@ -85,13 +85,13 @@ def enroll(
         raise BadInput("--mrn must not be empty")
     if not name:
         raise BadInput("--name must not be empty")
-    for option, value, longest in (("--mrn", mrn, 64), ("--name", name, 200), ("--email", email, 320)):
-        if value is not None and len(value) > longest:
-            raise BadInput(f"{option} is {len(value)} characters long: at most {longest} are allowed")
     if email is not None:
         email = email.strip()
         if "@" not in email or " " in email or email.startswith("@") or email.endswith("@"):
             raise BadInput(f"--email {email!r} is not an email address")
+    for option, given, longest in (("--mrn", mrn, 64), ("--name", name, 200), ("--email", email, 320)):
+        if given is not None and len(given) > longest:  # the columns' lengths
+            raise BadInput(f"{option} is {len(given)} characters long: at most {longest} are allowed")
     chosen = get_protocol(protocol or ("hydroxo-neuro" if neuro else "hydroxo"))
     months = check_maintenance_months(
         chosen, maintenance_months if maintenance_months is not None else chosen.default_maintenance_months
