@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from alembic import context
 from sqlmodel import SQLModel
 
 import models  # noqa: F401  (registers every table)
+from alembic import context
 from scheduler.config import load_settings
 from scheduler.db import make_engine
 

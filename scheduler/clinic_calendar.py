@@ -1,4 +1,5 @@
-"""The clinic's calendar: which days it is open, and the next open day."""
+"""The clinic's calendar: which days it is open, the next open day, and how often
+a clinician reviews open-ended loading (clinic policy)."""
 
 from __future__ import annotations
 
@@ -39,10 +40,16 @@ def load_holidays(spec: str) -> holidays_lib.HolidayBase | None:
         raise ConfigError(f"holidays: {spec!r} is not a known country or subdivision") from exc
 
 
+# Clinic policy, not pharmacology: how often a clinician asks "is neurological
+# improvement continuing?" while hydroxo-neuro loading is open ([clinic] neuro_review_days).
+NEURO_REVIEW_EVERY_DAYS = 14
+
+
 @dataclass(frozen=True)
 class ClinicCalendar:
     open_weekdays: frozenset[int] = frozenset(range(5))
     holidays: holidays_lib.HolidayBase | None = field(default=None, compare=False)
+    neuro_review_days: int = NEURO_REVIEW_EVERY_DAYS
 
     def is_open(self, day: date) -> bool:
         if day.weekday() not in self.open_weekdays:

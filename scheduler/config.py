@@ -26,6 +26,7 @@ class ClinicSettings:
     holidays: str = ""
     email: str = "clinic@example.org"
     send_time: str = "08:00"
+    neuro_review_days: int = 14  # clinic policy: hydroxo-neuro "improvement continuing?" reviews
 
     @property
     def tz(self) -> ZoneInfo:
@@ -37,7 +38,8 @@ class ClinicSettings:
         return time(int(hours), int(minutes))
 
     def calendar(self) -> ClinicCalendar:
-        return ClinicCalendar(parse_open_days(self.open_days), load_holidays(self.holidays))
+        return ClinicCalendar(parse_open_days(self.open_days), load_holidays(self.holidays),
+                              self.neuro_review_days)
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,8 @@ def validate(settings: Settings) -> None:
     if not re.fullmatch(r"([01]?\d|2[0-3]):[0-5]\d", clinic.send_time):
         raise ConfigError(f"[clinic] send_time {clinic.send_time!r} is not HH:MM")
     clinic.calendar()  # open days and holidays
+    if not 7 <= clinic.neuro_review_days <= 90:
+        raise ConfigError(f"[clinic] neuro_review_days {clinic.neuro_review_days} must be from 7 to 90")
     if not 0 < settings.smtp.port < 65536:
         raise ConfigError(f"[smtp] port {settings.smtp.port} is not a port number")
     sched = settings.scheduler

@@ -248,8 +248,8 @@ def _digest(session: Session, clock: Clock, templates: Templates) -> int:
     key = f"{DIGEST}:{today.isoformat()}:{recipient.lower()}"
     if session.exec(select(Outbox.id).where(Outbox.dedupe_key == key)).first() is not None:
         return 0
-    from scheduler.service import worklist  # noqa: PLC0415
     from scheduler.safety import list_open_alerts  # noqa: PLC0415
+    from scheduler.service import worklist  # noqa: PLC0415
 
     rows = worklist(session, today + timedelta(days=DIGEST_UPCOMING_DAYS))
     platelets = _latest_platelets(session, sorted({p.id for _, p in rows if p.id is not None}))

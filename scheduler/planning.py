@@ -42,7 +42,6 @@ from scheduler.domain import (
 )
 from scheduler.labs import ANNUAL, MONITORING_PLAN
 from scheduler.protocols import (
-    NEURO_REVIEW_EVERY_DAYS,
     RESPONSE_GATE_AFTER_DAYS,
     LoadingPhase,
     get_protocol,
@@ -284,9 +283,9 @@ class _RegimenPlanner:
         last: date | None = None
         for seq in range(1, len(done) + 2):
             step += 1
-            while last is not None and start + timedelta(days=NEURO_REVIEW_EVERY_DAYS * step) <= last:
+            while last is not None and start + timedelta(days=self.calendar.neuro_review_days * step) <= last:
                 step += 1
-            days = NEURO_REVIEW_EVERY_DAYS * step
+            days = self.calendar.neuro_review_days * step
             because = (f"{days} days after the treatment start {start.isoformat()}: "
                        "is neurological improvement continuing?")
             raw = start + timedelta(days=days)

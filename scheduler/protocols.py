@@ -12,10 +12,6 @@ from dataclasses import dataclass
 
 from scheduler.errors import BadInput
 
-# Clinic policy, not pharmacology: how often a clinician asks "is neurological
-# improvement continuing?" while hydroxo-neuro loading is open.
-NEURO_REVIEW_EVERY_DAYS = 14
-
 # Clinic policy: the cyanocobalamin response gate is reviewed this long after
 # the treatment start.
 RESPONSE_GATE_AFTER_DAYS = 7

@@ -149,6 +149,12 @@ def give(session: Session, ctx: Context, mrn: str, on: date | None = None) -> Ev
     last = max((d.given_on for d in record.doses), default=None)
     if last is not None and on < last:
         raise BadInput(f"a dose was given on {last.isoformat()}: a later dose cannot be given before it")
+    decided = [d.on for d in record.decisions
+               if d.kind in ("end-loading", "confirm-response") and d.on >= regimen.start]
+    if decided and on < max(decided):
+        raise BadInput(
+            f"a decision was recorded on {max(decided).isoformat()}: a dose cannot be dated before it"
+        )
     prefix = f"r{regimen.number}:dose:"
     doses = [e for e in record.events if e.key.startswith(prefix)]
     planned = [e for e in doses if e.status == Status.PLANNED]
@@ -240,7 +246,17 @@ def _regimen_decision(session: Session, ctx: Context, mrn: str, on: date | None,
         )
     if any(d.kind == kind.value and d.on >= regimen.start for d in record.decisions):
         raise BadInput(f"{what} was already recorded for {mrn}")
+    _not_before_last_dose(record, on, what)
     return patient
+
+
+def _not_before_last_dose(record: PatientRecord, on: date, what: str) -> None:
+    """A decision cannot be dated before a dose that was already given."""
+    last = max((d.given_on for d in record.doses), default=None)
+    if last is not None and on < last:
+        raise BadInput(
+            f"{what} on {on.isoformat()} is before the last dose given, on {last.isoformat()}"
+        )
 
 
 def end_loading(session: Session, ctx: Context, mrn: str, on: date | None = None) -> None:
@@ -284,6 +300,7 @@ def discharge(session: Session, ctx: Context, mrn: str, reason: str, on: date | 
     first = min(r.start for r in record.regimens)
     if on < first:
         raise BadInput(f"{on.isoformat()} is before the start on {first.isoformat()}")
+    _not_before_last_dose(record, on, "a discharge")
     patient.status = "discharged"
     patient.discharged_on = on
     patient.discharge_reason = reason[:400]

@@ -634,3 +634,31 @@ def test_console_script_refuses_a_database_behind_the_newest_migration_until_upg
 def test_console_script_reports_bad_input_in_one_line_with_status_2(clinic: Clinic) -> None:
     for args in (("give", "Z9"), ("enroll", "--mrn", "Z9", "--name", "Zed", "--start", "2026-02-30")):
         refused(clinic.exe(*args))
+
+
+def test_decisions_and_doses_cannot_be_dated_out_of_order(clinic):
+    assert clinic.cobalt("enroll", "--mrn", "N1", "--name", "Neo", "--neuro", "--start", "2026-03-02").code == 0
+    assert clinic.cobalt("give", "N1", "--on", "2026-03-02").code == 0
+    assert clinic.cobalt("give", "N1", "--on", "2026-03-04").code == 0
+    before = clinic.cobalt("schedule", "N1", "--json").json()
+    for args in (("end-loading", "N1", "--on", "2026-03-03"),
+                 ("discharge", "N1", "--on", "2026-03-03", "--reason", "moved")):
+        result = clinic.cobalt(*args)
+        assert result.code == 2 and "before the last dose given" in result.err
+    assert clinic.cobalt("schedule", "N1", "--json").json() == before
+    assert clinic.cobalt("end-loading", "N1", "--on", "2026-03-06").code == 0
+    late = clinic.cobalt("give", "N1", "--on", "2026-03-05")
+    assert late.code == 2 and "decision was recorded on 2026-03-06" in late.err
+
+
+def test_neuro_review_cadence_is_clinic_policy(clinic):
+    clinic.configure(extra="")
+    toml = (clinic.path / "cobalt.toml").read_text().replace(
+        'send_time = "08:00"', 'send_time = "08:00"\nneuro_review_days = 21')
+    (clinic.path / "cobalt.toml").write_text(toml)
+    assert clinic.cobalt("enroll", "--mrn", "N2", "--name", "Neo", "--neuro", "--start", "2026-03-02").code == 0
+    reviews = [e for e in clinic.cobalt("schedule", "N2", "--json").json()["events"] if e["kind"] == "review"]
+    assert [r["due"] for r in reviews] == ["2026-03-23"]
+    (clinic.path / "cobalt.toml").write_text(toml.replace("neuro_review_days = 21", "neuro_review_days = 3"))
+    bad = clinic.cobalt("schedule", "N2")
+    assert bad.code == 2 and "neuro_review_days" in bad.err

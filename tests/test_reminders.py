@@ -11,12 +11,12 @@ from datetime import UTC, date, datetime
 
 import pytest
 from freezegun import freeze_time
+from smtp_sink import SmtpSink
 
 from scheduler.config import load_settings
 from scheduler.db import make_engine
 from scheduler.messages import longdate
 from scheduler.passes import run_pass
-from smtp_sink import SmtpSink
 
 # 2026-03-02 is a Monday. hydroxo doses: Mon 2, Wed 4, Fri 6, Mon 9, Wed 11, Fri 13 March.
 START = "2026-03-02"

@@ -1,0 +1,675 @@
+"""Scale benchmark: how Cobalt's hot paths behave with many patients.
+
+Not a test (pytest collects nothing here): speed and memory targets live in
+this script and in docs/benchmarks.md, never in timed tests. Run it with
+
+    .venv/bin/python tests/bench_scale.py --patients 20000 --backend sqlite
+    .venv/bin/python tests/bench_scale.py --patients 100000 --backend postgresql
+
+What it does:
+
+1. builds a database of N patients: a few hundred *templates* are enrolled
+   through ``scheduler.service`` (enroll, give, lab, review, end-loading,
+   confirm-response, opt-out) with start dates over the last three years, so
+   their rows are what the service writes; then the patient, regimen, event,
+   dose, lab_result, decision, alert and audit rows are replicated set-based
+   (one INSERT ... SELECT per table) with new ids, MRNs and e-mail addresses;
+2. spreads ``planned_through`` over a month as a running clinic has it (each
+   plan is redone when less than 12 months remain), with one day's share due;
+3. measures, each step in a fresh child process (so its peak RSS is its own):
+   (a) ``service.worklist`` for today (and for today + 7 days, the digest's);
+   (b) one scheduler pass at a fixed ``now`` with the FileMailer into a temp
+       directory, split into roll-forward, queueing and delivery;
+   (c) a second pass at the same ``now`` (idempotent: should do nothing);
+   (d) a roll-forward where every plan has run short (one UPDATE sets
+       ``planned_through`` back, then ``roll_forward`` a month later);
+   (e) the query plans (EXPLAIN QUERY PLAN / EXPLAIN ANALYZE) of the
+       statements the worklist, the queueing and the roll-forward really run,
+       captured from the engine, and whether they use ``ix_event_status_due``;
+4. prints a table of the results (``--json FILE`` also writes them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, text
+from sqlmodel import select
+
+from models import Event, Outbox, Patient, metadata
+from scheduler import db, service
+from scheduler.alerts import AlertPolicy
+from scheduler.config import Settings, SmtpSettings
+from scheduler.errors import BadInput
+from scheduler.labs import result_codes
+from scheduler.outbox import deliver, queue_due_messages
+from scheduler.passes import local_today, roll_forward
+from scheduler.planning import ROLL_FORWARD_BELOW_MONTHS, add_months
+from scheduler.store import get_patient, load_record
+
+PG_SERVER = os.environ.get("COBALT_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
+DEFAULT_NOW = "2026-11-24T09:00:00+00:00"  # a Tuesday, after send_time: every kind of message is due
+ROLL_FORWARD_LATER_DAYS = 30  # (d) runs this much later, so every plan really gains a month
+INDEX = "ix_event_status_due"
+
+# Lab values a treated patient plausibly has (no alert is raised by them).
+BASELINE = {"b12": "120", "hb": "10.5", "wbc": "6.0", "platelets": "240", "mcv": "108",
+            "ldh": "480", "gastrin": "60", "if-antibodies": "negative", "folate": "12"}
+FOLLOW_UP = {"b12": "420", "hb": "13.6", "wbc": "6.4", "platelets": "250", "mcv": "92",
+             "reticulocytes": "3.1", "ldh": "210", "bilirubin": "9", "homocysteine": "8",
+             "mma": "150", "gastrin": "60", "if-antibodies": "negative", "folate": "14",
+             "egfr": "85"}
+REPLICATED = ("patient", "regimen", "event", "dose", "lab_result", "decision", "alert", "audit")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def parse_now(value: str) -> datetime:
+    now = datetime.fromisoformat(value)
+    return now if now.tzinfo else now.replace(tzinfo=UTC)
+
+
+def bench_settings(url: str, workdir: Path) -> Settings:
+    return Settings(database_url=url, smtp=SmtpSettings(outbox_dir="outbox"), base_dir=workdir)
+
+
+# -- building the database ---------------------------------------------------------
+
+
+def _lab_results(tests: str, baseline: bool) -> list[str]:
+    values = BASELINE if baseline else FOLLOW_UP
+    codes = result_codes(tuple(tests.split())) if tests else ()
+    return [f"{c}={values.get(c, FOLLOW_UP.get(c, '1'))}" for c in codes] or ["b12=420"]
+
+
+def _simulate(session: Any, ctx: service.Context, mrn: str, rng: random.Random, today: date,
+              cutoff: date, skip_labs_after: date, end_loading_after: int) -> int:
+    """Record what the clinic did for one patient up to ``cutoff``, in date order, through the
+    service: every dose given on its due day, labs taken, reviews and decisions. Returns the
+    number of actions."""
+    patient = get_patient(session, mrn)
+    actions = 0
+    skipped: set[str] = set()
+    while True:
+        record = load_record(session, patient)
+        todo = sorted(
+            (e for e in record.events if e.status == "planned" and e.due <= cutoff and e.key not in skipped),
+            key=lambda e: (e.due, {"dose": 0, "lab": 1, "review": 2}[e.kind], e.seq),
+        )
+        if not todo:
+            return actions
+        ev = todo[0]
+        try:
+            if ev.kind == "dose":
+                service.give(session, ctx, mrn, ev.due)
+            elif ev.kind == "lab":
+                if ev.due > skip_labs_after:
+                    skipped.add(ev.key)
+                    continue
+                service.record_lab(session, ctx, mrn, _lab_results(ev.tests, ev.label == "baseline"),
+                                   on=ev.due, order=ev.label)
+            elif ev.label == "response-gate":
+                service.confirm_response(session, ctx, mrn, ev.due)
+            elif (ev.due - record.regimens[0].start).days >= end_loading_after:
+                service.end_loading(session, ctx, mrn, ev.due)
+            else:
+                service.review(session, ctx, mrn, ev.due)
+        except BadInput:
+            skipped.add(ev.key)
+            continue
+        actions += 1
+
+
+def enrol_templates(engine: Engine, settings: Settings, today: date, count: int, seed: int) -> int:
+    """Enrol ``count`` patients through the service and record their history. Returns actions."""
+    rng = random.Random(seed)
+    ctx = service.Context(settings.clinic.calendar(), today, "bench",
+                          AlertPolicy.from_mapping(settings.alerts))
+    actions = 0
+    for n in range(1, count + 1):
+        mrn = f"T{n:06d}"
+        roll = rng.random()
+        protocol, months = ("hydroxo", 3)
+        if roll < 0.15:
+            protocol, months = "hydroxo-neuro", 2
+        elif roll < 0.25:
+            protocol, months = "cyano", 1
+        elif roll < 0.40:
+            protocol, months = "hydroxo", 2
+        # Most patients started over the last three years; some in the last six weeks (loading).
+        if rng.random() < 0.08:
+            start = today - timedelta(days=rng.randrange(0, 42))
+        else:
+            start = today - timedelta(days=rng.randrange(42, 3 * 365))
+        # Most patients are up to date; some missed their latest doses or labs (overdue).
+        cutoff = today - timedelta(days=1)
+        if rng.random() < 0.10:
+            cutoff = today - timedelta(days=rng.randrange(2, 30))
+        skip_labs_after = cutoff if rng.random() < 0.85 else today - timedelta(days=rng.randrange(20, 200))
+        with db.transaction(engine) as session:
+            service.enroll(session, ctx, mrn=mrn, name=f"Template Patient {n}",
+                           email=None if rng.random() < 0.08 else f"t{n}@patient.example",
+                           protocol=protocol, start=start, neuro=protocol == "hydroxo-neuro",
+                           maintenance_months=months)
+            actions += 1 + _simulate(session, ctx, mrn, rng, today, cutoff, skip_labs_after,
+                                     end_loading_after=rng.choice((28, 56, 84, 120)))
+            if rng.random() < 0.03:
+                service.set_opt_out(session, ctx, mrn, True)
+            if rng.random() < 0.02 and start < cutoff:
+                service.discharge(session, ctx, mrn, "moved away", cutoff)
+    return actions
+
+
+def _columns(engine: Engine, table: str) -> list[str]:
+    return [c.name for c in metadata.tables[table].columns]
+
+
+def replicate(engine: Engine, templates: int, patients: int) -> None:
+    """Copy the template rows set-based until there are ``patients`` patients: copy k of
+    template patient t gets id t + k * templates; every other row keeps its table's id
+    stride the same way. One INSERT ... SELECT per table."""
+    copies = math.ceil(patients / templates) - 1
+    if copies <= 0:
+        return
+    with engine.begin() as conn:
+        strides = {t: conn.execute(text(f"SELECT COALESCE(MAX(id), 0) FROM {t}")).scalar_one()
+                   for t in REPLICATED}
+        assert strides["patient"] == templates, "the template patients must have ids 1..templates"
+        copies_cte = ("WITH RECURSIVE copies(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM copies "
+                      "WHERE k < :copies) ")
+        for table in REPLICATED:
+            cols = _columns(engine, table)
+            exprs = []
+            for c in cols:
+                if c == "id":
+                    exprs.append(f"t.id + copies.k * {strides[table]}")
+                elif c == "patient_id":
+                    exprs.append(f"t.patient_id + copies.k * {templates}")
+                elif table == "patient" and c == "mrn":
+                    exprs.append("t.mrn || '-' || CAST(copies.k AS VARCHAR(12))")
+                elif table == "patient" and c == "email":
+                    exprs.append(f"CASE WHEN t.email IS NULL THEN NULL ELSE 'p' || "
+                                 f"CAST(t.id + copies.k * {templates} AS VARCHAR(12)) || "
+                                 f"'@patient.example' END")
+                elif table == "patient" and c == "name":
+                    exprs.append(f"'Patient ' || CAST(t.id + copies.k * {templates} AS VARCHAR(12))")
+                else:
+                    exprs.append(f't."{c}"')
+            key = "t.id" if table == "patient" else "t.patient_id"
+            where = f"WHERE {key} + copies.k * {templates} <= :patients"
+            if table == "audit":
+                where += " AND t.patient_id IS NOT NULL"
+            col_list = ", ".join(f'"{c}"' for c in cols)
+            started = time.perf_counter()
+            conn.execute(text(
+                f"{copies_cte}INSERT INTO {table} ({col_list}) SELECT {', '.join(exprs)} "
+                f"FROM {table} AS t CROSS JOIN copies {where}"
+            ), {"copies": copies, "patients": patients})
+            log(f"  replicated {table} in {time.perf_counter() - started:.1f} s")
+        if engine.dialect.name == "postgresql":
+            for table in REPLICATED + ("outbox",):
+                conn.execute(text(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                    f"(SELECT COALESCE(MAX(id), 0) + 1 FROM {table}), false)"
+                ))
+
+
+def spread_planned_through(engine: Engine, today: date) -> None:
+    """As a running clinic has it: plans were made over the last month, so planned_through is
+    spread over [threshold, threshold + 30 days]; one day's share (1/31) is below the threshold."""
+    threshold = add_months(today, ROLL_FORWARD_BELOW_MONTHS)
+    with engine.begin() as conn:
+        for residue in range(31):
+            conn.execute(
+                text("UPDATE patient SET planned_through = :d WHERE status = 'active' AND id % 31 = :r"),
+                {"d": threshold + timedelta(days=residue - 1), "r": residue},
+            )
+
+
+def build(url: str, settings: Settings, patients: int, templates: int, now: datetime,
+          seed: int) -> dict[str, Any]:
+    engine = db.make_engine(url)
+    db.upgrade(engine)
+    today = local_today(settings, now)
+    templates = min(templates, patients)
+    info: dict[str, Any] = {}
+    started = time.perf_counter()
+    actions = enrol_templates(engine, settings, today, templates, seed)
+    info["templates_seconds"] = time.perf_counter() - started
+    info["templates"] = templates
+    info["service_actions"] = actions
+    log(f"enrolled {templates} template patients through scheduler.service ({actions} actions) "
+        f"in {info['templates_seconds']:.1f} s")
+    started = time.perf_counter()
+    replicate(engine, templates, patients)
+    spread_planned_through(engine, today)
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE"))  # what autovacuum does soon after a bulk load
+    info["replicate_seconds"] = time.perf_counter() - started
+    log(f"replicated to {patients} patients set-based (INSERT ... SELECT) in "
+        f"{info['replicate_seconds']:.1f} s")
+    info["method"] = (f"{templates} enrolled through scheduler.service, replicated set-based "
+                      f"(INSERT ... SELECT) to {patients}")
+    info["rows"] = table_counts(engine)
+    info["db_bytes"] = database_bytes(engine)
+    with db.transaction(engine) as session:
+        info["active"] = session.exec(
+            select(func.count()).select_from(Patient).where(Patient.status == "active")).one()
+        phases = session.exec(
+            select(Event.phase, func.count(func.distinct(Event.patient_id)))
+            .where(Event.status == "planned", Event.kind == "dose").group_by(Event.phase)).all()
+        info["patients_with_next_dose"] = dict(phases)
+    engine.dispose()
+    return info
+
+
+def table_counts(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return {t: conn.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar_one()
+                for t in (*REPLICATED, "outbox")}
+
+
+def database_bytes(engine: Engine) -> int:
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            return int(conn.execute(text("SELECT pg_database_size(current_database())")).scalar_one())
+        page_size = conn.execute(text("PRAGMA page_size")).scalar_one()
+        pages = conn.execute(text("PRAGMA page_count")).scalar_one()
+        return int(page_size * pages)
+
+
+# -- measuring (in a child process per step) ---------------------------------------
+
+
+class Meter:
+    """Wall time of named parts, and the process's peak RSS (and, with --tracemalloc, the
+    peak of Python allocations) over the whole step."""
+
+    def __init__(self, trace: bool) -> None:
+        self.trace = trace
+        self.parts: dict[str, float] = {}
+        self.base_rss = _peak_rss()
+        if trace:
+            tracemalloc.start()
+
+    @contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.parts[name] = self.parts.get(name, 0.0) + time.perf_counter() - started
+
+    def result(self, **extra: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {"seconds": self.parts, "peak_rss_mb": _peak_rss() / 1024,
+                               "rss_growth_mb": (_peak_rss() - self.base_rss) / 1024, **extra}
+        if self.trace:
+            out["py_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
+            tracemalloc.stop()
+        return out
+
+
+def _peak_rss() -> int:
+    """KiB (Linux ru_maxrss)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def step_worklist(engine: Engine, settings: Settings, now: datetime, meter: Meter) -> dict[str, Any]:
+    today = local_today(settings, now)
+    with meter.part("worklist today"), db.transaction(engine) as session:
+        today_rows = len(service.worklist(session, today))
+    with meter.part("worklist +7 days"), db.transaction(engine) as session:
+        week = service.worklist(session, today + timedelta(days=7))
+    return meter.result(rows_today=today_rows, rows_week=len(week),
+                        patients_week=len({p.id for _, p in week}))
+
+
+def _pass(engine: Engine, settings: Settings, now: datetime, meter: Meter) -> dict[str, Any]:
+    """What ``run_pass`` does, part by part."""
+    with timed_statements(engine) as statements:
+        with meter.part("roll-forward"):
+            replanned = roll_forward(engine, settings, now)
+        with meter.part("queue"):
+            queued = queue_due_messages(engine, settings, now)
+        with meter.part("deliver"):
+            delivery = deliver(engine, settings, now)
+    with db.transaction(engine) as session:
+        digest = session.exec(select(func.max(func.length(Outbox.body_html)))
+                              .where(Outbox.kind == "digest")).one()
+        kinds = dict(session.exec(select(Outbox.kind, func.count()).group_by(Outbox.kind)).all())
+    return meter.result(replanned=replanned, queued=queued, sent=delivery.sent,
+                        skipped=delivery.skipped, failed=delivery.failed, retried=delivery.retried,
+                        outbox_by_kind=kinds, digest_html_bytes=digest, statements=statements)
+
+
+def step_pass(engine: Engine, settings: Settings, now: datetime, meter: Meter) -> dict[str, Any]:
+    return _pass(engine, settings, now, meter)
+
+
+def step_rollforward(engine: Engine, settings: Settings, now: datetime, meter: Meter) -> dict[str, Any]:
+    later = now + timedelta(days=ROLL_FORWARD_LATER_DAYS)
+    old = local_today(settings, now) - timedelta(days=400)
+    with db.transaction(engine) as session:
+        events_before = session.exec(select(func.count()).select_from(Event)).one()
+    with meter.part("UPDATE planned_through"), engine.begin() as conn:
+        short = conn.execute(text("UPDATE patient SET planned_through = :d WHERE status = 'active'"),
+                             {"d": old}).rowcount
+    with meter.part("roll-forward"), timed_statements(engine) as statements:
+        replanned = roll_forward(engine, settings, later)
+    with db.transaction(engine) as session:
+        events_after = session.exec(select(func.count()).select_from(Event)).one()
+    seconds = meter.parts["roll-forward"]
+    return meter.result(short=short, replanned=replanned, per_second=replanned / seconds if seconds else 0,
+                        events_added=events_after - events_before, at=later.isoformat(),
+                        statements=statements)
+
+
+ROLL_FORWARD_PICK = "roll-forward: patients whose plan runs short"
+CLAIM = "deliver: claim ready outbox rows"
+EXPLAINED_INDEX = {ROLL_FORWARD_PICK: "ix_patient_planned_through", CLAIM: "ix_outbox_status_next_attempt_at"}
+
+
+def label(statement: str) -> str:
+    """A name for a statement Cobalt runs: the ones that matter by purpose, the rest by table."""
+    s = " ".join(statement.split())
+    if s.startswith("SELECT"):
+        if "planned_through <" in s:
+            return ROLL_FORWARD_PICK
+        if "FROM patient JOIN event" in s:
+            return "alert check: response gates due (due_for_alert_check)"
+        if "FROM event JOIN patient" in s:
+            if "outbox" not in s:
+                return "worklist (service.worklist)"
+            if "event.due =" in s:
+                return "queue: dose-reminder candidates"
+            if "patient.email IS NOT NULL" in s:
+                return "queue: lab-reminder candidates"
+            return "queue: overdue candidates"
+        if s.startswith("SELECT outbox.id FROM outbox WHERE") and "claimed_until <" in s:
+            return CLAIM
+    match = re.match(r"(SELECT|INSERT INTO|UPDATE|DELETE FROM)\b.*?(?:\bFROM\b\s+)?\"?(\w+)", s)
+    if match and match.group(1) == "SELECT":
+        table = re.search(r"\bFROM\s+\"?(\w+)", s)
+        return f"SELECT {table.group(1) if table else '?'}"
+    return f"{match.group(1)} {match.group(2)}" if match else s.split()[0]
+
+
+@contextmanager
+def captured(engine: Engine) -> Iterator[list[tuple[str, Any]]]:
+    """Every single SELECT the engine runs meanwhile, with its (already converted) parameters."""
+    found: list[tuple[str, Any]] = []
+
+    def listen(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and not many:
+            found.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", listen)
+    try:
+        yield found
+    finally:
+        event.remove(engine, "before_cursor_execute", listen)
+
+
+@contextmanager
+def timed_statements(engine: Engine) -> Iterator[dict[str, list[float]]]:
+    """Count and time the statements the engine runs meanwhile, by ``label``."""
+    found: dict[str, list[float]] = {}
+
+    def before(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        conn.info["bench_started"] = time.perf_counter()
+
+    def after(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        took = time.perf_counter() - conn.info.pop("bench_started", time.perf_counter())
+        entry = found.setdefault(label(statement), [0, 0.0])
+        entry[0] += 1
+        entry[1] += took
+
+    event.listen(engine, "before_cursor_execute", before)
+    event.listen(engine, "after_cursor_execute", after)
+    try:
+        yield found
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+        event.remove(engine, "after_cursor_execute", after)
+
+
+def explain(engine: Engine, statement: str, parameters: Any) -> str:
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters).all()
+            return "\n".join(f"{r[3]}" for r in rows)
+        rows = conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + statement, parameters).all()
+        conn.rollback()
+        return "\n".join(r[0] for r in rows)
+
+
+def step_explain(engine: Engine, settings: Settings, now: datetime, meter: Meter) -> dict[str, Any]:
+    """The plans of the statements the worklist and a pass (roll-forward, queueing, delivery)
+    run, captured from the engine during a pass at ``now`` that has nothing left to do."""
+    today = local_today(settings, now)
+    with captured(engine) as statements:
+        with db.transaction(engine) as session:
+            service.worklist(session, today)
+        roll_forward(engine, settings, now)
+        queue_due_messages(engine, settings, now)
+        deliver(engine, settings, now)
+    plans: dict[str, dict[str, Any]] = {}
+    for statement, parameters in statements:
+        what = label(statement)
+        if not what.startswith(("worklist", "roll-forward", "alert check", "queue", "deliver")) \
+                or what in plans:
+            continue
+        plan = explain(engine, statement, parameters)
+        plans[what] = {"sql": " ".join(statement.split()), "plan": plan,
+                       "index": EXPLAINED_INDEX.get(what, INDEX),
+                       "uses_index": EXPLAINED_INDEX.get(what, INDEX) in plan}
+    return meter.result(plans=plans)
+
+
+STEPS: dict[str, Callable[[Engine, Settings, datetime, Meter], dict[str, Any]]] = {
+    "worklist": step_worklist,
+    "pass": step_pass,
+    "rollforward": step_rollforward,
+    "explain": step_explain,
+}
+
+
+def run_step(name: str, url: str, workdir: Path, now: datetime, trace: bool) -> dict[str, Any]:
+    """Runs in the child: set up, then measure only the step."""
+    settings = bench_settings(url, workdir)
+    engine = db.make_engine(url)
+    db.ensure_schema(engine)
+    meter = Meter(trace)
+    try:
+        return STEPS[name](engine, settings, now, meter)
+    finally:
+        engine.dispose()
+
+
+def in_child(step: str, url: str, workdir: Path, now: datetime, trace: bool) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--step", step, "--url", url, "--workdir", str(workdir),
+           "--now", now.isoformat()] + (["--tracemalloc"] if trace else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"step {step} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# -- the report ----------------------------------------------------------------------
+
+
+def _s(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def _statements(title: str, statements: dict[str, list[float]], top: int = 8) -> list[str]:
+    ranked = sorted(statements.items(), key=lambda kv: -kv[1][1])[:top]
+    return [f"   {title}: " + "; ".join(f"{what} {int(n):,}x {_s(t)}" for what, (n, t) in ranked)]
+
+
+def report(results: dict[str, Any]) -> str:
+    b = results["build"]
+    lines = [
+        "",
+        f"Cobalt scale benchmark: {results['backend']}, {results['patients']:,} patients, "
+        f"now = {results['now']}",
+        f"machine: {results['machine']}",
+        f"build: {b['method']}; service {_s(b['templates_seconds'])} ({b['service_actions']:,} actions), "
+        f"replication {_s(b['replicate_seconds'])}",
+        "rows: " + ", ".join(f"{t} {n:,}" for t, n in b["rows"].items()),
+        f"database {b['db_bytes'] / 2**20:,.0f} MiB; active patients {b['active']:,}; "
+        f"patients with a planned loading / maintenance dose: "
+        f"{b['patients_with_next_dose'].get('loading', 0):,} / "
+        f"{b['patients_with_next_dose'].get('maintenance', 0):,}",
+        "",
+        f"{'step':<44} {'time':>10} {'peak RSS':>9} {'RSS +':>7}  result",
+        "-" * 112,
+    ]
+
+    def row(name: str, seconds: float, step: dict[str, Any] | None, result: str) -> None:
+        rss = f"{step['peak_rss_mb']:.0f} MB" if step else ""
+        growth = f"{step['rss_growth_mb']:.0f} MB" if step else ""
+        if step and "py_peak_mb" in step:
+            growth += f" (py {step['py_peak_mb']:.0f})"
+        lines.append(f"{name:<44} {_s(seconds):>10} {rss:>9} {growth:>7}  {result}")
+
+    w = results["worklist"]
+    row("(a) worklist for today", w["seconds"]["worklist today"], w, f"{w['rows_today']:,} rows")
+    row("(a) worklist for today + 7 days (digest's)", w["seconds"]["worklist +7 days"], None,
+        f"{w['rows_week']:,} rows, {w['patients_week']:,} patients")
+    for key, name in (("pass1", "(b) pass at now"), ("pass2", "(c) second pass at the same now")):
+        p = results[key]
+        row(name, sum(p["seconds"].values()), p,
+            f"replanned {p['replanned']:,}, queued {p['queued']:,}, sent {p['sent']:,}, "
+            f"skipped {p['skipped']:,}, failed {p['failed']:,}")
+        row("    roll-forward", p["seconds"]["roll-forward"], None,
+            f"{p['replanned'] / p['seconds']['roll-forward']:,.0f} patients/s" if p["replanned"] else "")
+        row("    queueing", p["seconds"]["queue"], None, "")
+        row("    delivery (FileMailer)", p["seconds"]["deliver"], None,
+            f"{p['seconds']['deliver'] / p['sent'] * 1000:.1f} ms a message" if p["sent"] else "")
+    r = results["rollforward"]
+    row("(d) UPDATE planned_through (all short)", r["seconds"]["UPDATE planned_through"], None,
+        f"{r['short']:,} plans short")
+    row(f"(d) roll-forward of every plan (now + {ROLL_FORWARD_LATER_DAYS} d)", r["seconds"]["roll-forward"],
+        r, f"{r['replanned']:,} replanned, {r['per_second']:,.0f} patients/s, "
+           f"{r['events_added']:,} events added")
+    e = results["explain"]
+    for what, p in e["plans"].items():
+        lines.append(f"(e) {what:<56} {p['index']}: {'yes' if p['uses_index'] else 'NOT USED'}")
+    p1 = results["pass1"]
+    lines += [
+        "",
+        f"pass at now: outbox by kind {p1['outbox_by_kind']}; the digest's HTML is "
+        f"{p1['digest_html_bytes'] or 0:,} bytes and names {w['patients_week']:,} patients "
+        f"(one bound parameter each in its platelet query; PostgreSQL allows 65,535)",
+        "time in SQL by statement (count, total):",
+        *_statements("(b) pass", p1["statements"]),
+        *_statements("(c) second pass", results["pass2"]["statements"]),
+        *_statements("(d) roll-forward", r["statements"]),
+        "",
+    ]
+    for what, p in e["plans"].items():
+        lines += [f"-- (e) {what}", f"   {p['sql'][:240]}{'...' if len(p['sql']) > 240 else ''}"]
+        lines += [f"   | {line}" for line in p["plan"].splitlines()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores, {mem:.0f} GiB RAM, Python {sys.version.split()[0]}"
+
+
+# -- main ----------------------------------------------------------------------------
+
+
+@contextmanager
+def database(backend: str, workdir: Path, keep: bool) -> Iterator[str]:
+    if backend == "sqlite":
+        yield f"sqlite:///{workdir / 'bench.db'}"
+        return
+    admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    name = f"cobalt_bench_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{PG_SERVER}/{name}"
+    finally:
+        if keep:
+            log(f"kept database {name}")
+        else:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--patients", type=int, default=20000)
+    parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--templates", type=int, default=300,
+                        help="patients enrolled through the service before replication (default 300)")
+    parser.add_argument("--now", default=DEFAULT_NOW, help=f"the pass's now (default {DEFAULT_NOW})")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--tracemalloc", action="store_true",
+                        help="also report the peak of Python allocations (slows every step)")
+    parser.add_argument("--keep", action="store_true", help="keep the database and the outbox")
+    parser.add_argument("--json", type=Path, help="also write the results to this file")
+    # internal: one measured step in a child process
+    parser.add_argument("--step", choices=tuple(STEPS), help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    now = parse_now(args.now)
+
+    if args.step:
+        print(json.dumps(run_step(args.step, args.url, args.workdir, now, args.tracemalloc), default=str))
+        return 0
+
+    workdir = Path(tempfile.mkdtemp(prefix="cobalt-bench-"))
+    results: dict[str, Any] = {"backend": args.backend, "patients": args.patients, "now": now.isoformat(),
+                               "machine": machine()}
+    try:
+        with database(args.backend, workdir, args.keep) as url:
+            settings = bench_settings(url, workdir)
+            log(f"building {args.patients} patients on {args.backend} in {workdir}")
+            results["build"] = build(url, settings, args.patients, args.templates, now, args.seed)
+            for key, step in (("worklist", "worklist"), ("pass1", "pass"), ("pass2", "pass"),
+                              ("explain", "explain"), ("rollforward", "rollforward")):
+                log(f"measuring {key}")
+                results[key] = in_child(step, url, workdir, now, args.tracemalloc)
+            results["outbox_files"] = len(list((workdir / "outbox").glob("*.eml")))
+    finally:
+        if args.keep:
+            log(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(report(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
