@@ -235,7 +235,7 @@ def cmd_due(app: App) -> None:
         for event, patient in rows:
             item = event_json(event)
             item.update(mrn=patient.mrn, name=patient.name, overdue=event.due < on,
-                        alerts=alerts.get(patient.id, []))
+                        alerts=alerts.get(patient.id or 0, []))
             data.append(item)
 
     def text() -> str:

@@ -49,6 +49,11 @@ class Context:
     policy: AlertPolicy = DEFAULT_POLICY
 
 
+def _id(patient: Patient) -> int:
+    assert patient.id is not None, "the patient row is flushed before its records"
+    return patient.id
+
+
 def _not_future(ctx: Context, on: date, what: str) -> None:
     if on > ctx.today:
         raise BadInput(f"{what} on {on.isoformat()} is in the future (today is {ctx.today.isoformat()})")
@@ -115,10 +120,10 @@ def enroll(
     )
     session.add(patient)
     session.flush()
-    session.add(Regimen(patient_id=patient.id, number=1, protocol=chosen.id, start=start,
+    session.add(Regimen(patient_id=_id(patient), number=1, protocol=chosen.id, start=start,
                         maintenance_months=months))
     for code, value in initial:
-        session.add(LabResult(patient_id=patient.id, code=code, value=value,
+        session.add(LabResult(patient_id=_id(patient), code=code, value=value,
                               unit=labs.CATALOG[code].unit or "", taken_on=start,
                               recorded_by=ctx.actor))
     audit(session, ctx.actor, "enroll", patient, protocol=chosen.id, start=start,
@@ -165,7 +170,7 @@ def give(session: Session, ctx: Context, mrn: str, on: date | None = None) -> Ev
             )
         raise BadInput(f"no dose is planned for {mrn}")
     event = min(planned, key=lambda e: (e.due, e.seq))
-    session.add(Dose(patient_id=patient.id, event_key=event.key, given_on=on, recorded_by=ctx.actor))
+    session.add(Dose(patient_id=_id(patient), event_key=event.key, given_on=on, recorded_by=ctx.actor))
     audit(session, ctx.actor, "give", patient, event=event.key, given_on=on)
     session.flush()
     replan(session, patient, ctx.calendar, ctx.today, policy=ctx.policy)
@@ -203,7 +208,7 @@ def record_lab(
     chosen = min(open_orders, key=lambda e: (abs((e.due - on).days), e.due), default=None)
     for code, value, text in parsed:
         session.add(LabResult(
-            patient_id=patient.id, code=code, value=value, text=text,
+            patient_id=_id(patient), code=code, value=value, text=text,
             unit=labs.CATALOG[code].unit or "", taken_on=on,
             order_key=chosen.key if chosen else None, recorded_by=ctx.actor,
         ))
@@ -223,7 +228,7 @@ def record_lab(
 
 def _decide(session: Session, ctx: Context, patient: Patient, kind: DecisionKind, on: date,
             note: str | None = None) -> None:
-    session.add(Decision(patient_id=patient.id, kind=kind.value, on=on, note=note,
+    session.add(Decision(patient_id=_id(patient), kind=kind.value, on=on, note=note,
                          recorded_by=ctx.actor))
     audit(session, ctx.actor, kind.value, patient, on=on)
     session.flush()
@@ -338,10 +343,10 @@ def switch(session: Session, ctx: Context, mrn: str, protocol: str, on: date | N
         raise BadInput(f"a switch must come after the current regimen's start on {current.start.isoformat()}")
     if chosen.id == "cyano" and _renal_dysfunction(patient.renal_impairment, record.results):
         raise BadInput(RENAL_REFUSAL)
-    regimen = Regimen(patient_id=patient.id, number=current.number + 1, protocol=chosen.id,
+    regimen = Regimen(patient_id=_id(patient), number=current.number + 1, protocol=chosen.id,
                       start=on, maintenance_months=months)
     session.add(regimen)
-    session.add(Decision(patient_id=patient.id, kind=DecisionKind.SWITCH.value, on=on,
+    session.add(Decision(patient_id=_id(patient), kind=DecisionKind.SWITCH.value, on=on,
                          note=f"{current.protocol} -> {chosen.id}", recorded_by=ctx.actor))
     audit(session, ctx.actor, "switch", patient, frm=current.protocol, to=chosen.id, on=on)
     session.flush()

@@ -111,12 +111,12 @@ def load_records(session: Session, patients: Sequence[Patient]) -> list[PatientR
     ids = list(records)
     if not ids:
         return []
-    for table, attr in (
+    tables: tuple[tuple[Any, str], ...] = (
         (Regimen, "regimens"), (Dose, "doses"), (LabResult, "results"),
         (Decision, "decisions"), (Event, "events"),
-    ):
-        rows = session.exec(select(table).where(col(table.patient_id).in_(ids)))  # type: ignore[attr-defined]
-        for row in rows:
+    )
+    for table, attr in tables:
+        for row in session.exec(select(table).where(col(table.patient_id).in_(ids))):
             getattr(records[row.patient_id], attr).append(row)
     return list(records.values())
 
@@ -171,7 +171,7 @@ def save_plan(session: Session, record: PatientRecord, events: Iterable[domain.P
         }
         row = existing.pop(planned.key, None)
         if row is None:
-            row = Event(patient_id=record.patient.id, key=planned.key, updated_at=now, **values)
+            row = Event(patient_id=record.patient.id or 0, key=planned.key, updated_at=now, **values)
             session.add(row)
         elif any(getattr(row, name) != values[name] for name in _EVENT_FIELDS):
             for name, value in values.items():
