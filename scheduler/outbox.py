@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -183,23 +183,33 @@ def _patient_reminders(session: Session, clock: Clock, templates: Templates, kin
         .order_by(col(Event.id))
         .limit(QUEUE_BATCH)
     )
-    total = 0
-    while True:
-        rows = list(session.exec(query))
-        if not rows:
-            return total
-        drafts = []
+
+    def drafts(rows: list[tuple[Event, Patient]]) -> list[_Draft]:
+        out = []
         for event, patient in rows:
             assert patient.email is not None
             not_after = clock.start_of(event.due + timedelta(days=0 if kind == DOSE_REMINDER else 1))
-            drafts.append(_Draft(
+            out.append(_Draft(
                 dedupe_key=f"{kind}:{event.id}:{patient.email.lower()}", kind=kind,
                 recipient=patient.email, patient_id=patient.id, event_id=event.id,
                 event_due=event.due, not_after=not_after,
                 context={"clinic": _clinic(clock.settings), "patient": {"name": patient.name},
                          "due": event.due, "time": ""},
             ))
-        total += _insert(session, templates, clock.settings, drafts, clock.now)
+        return out
+
+    return _queue_in_batches(session, query, drafts, clock, templates)
+
+
+def _queue_in_batches(session: Session, query: Any, make_drafts: Callable[[list[Any]], list[_Draft]],
+                      clock: Clock, templates: Templates) -> int:
+    """Read a batch of candidates (the query leaves out what is queued), queue it, repeat."""
+    total = 0
+    while True:
+        rows = list(session.exec(query))
+        if not rows:
+            return total
+        total += _insert(session, templates, clock.settings, make_drafts(rows), clock.now)
         session.flush()
 
 
@@ -216,13 +226,10 @@ def _overdue_notices(session: Session, clock: Clock, templates: Templates) -> in
         .order_by(col(Event.id))
         .limit(QUEUE_BATCH)
     )
-    total = 0
-    while True:
-        rows = list(session.exec(query))
-        if not rows:
-            return total
+
+    def drafts(rows: list[tuple[Event, Patient]]) -> list[_Draft]:
         platelets = _latest_platelets(session, [p.id for _, p in rows if p.id is not None])
-        drafts = [
+        return [
             _Draft(
                 dedupe_key=f"{OVERDUE}:{event.id}:{recipient.lower()}", kind=OVERDUE,
                 recipient=recipient, patient_id=patient.id, event_id=event.id, event_due=event.due,
@@ -235,8 +242,8 @@ def _overdue_notices(session: Session, clock: Clock, templates: Templates) -> in
             )
             for event, patient in rows
         ]
-        total += _insert(session, templates, clock.settings, drafts, clock.now)
-        session.flush()
+
+    return _queue_in_batches(session, query, drafts, clock, templates)
 
 
 def _digest(session: Session, clock: Clock, templates: Templates) -> int:

@@ -76,6 +76,18 @@ def _renal_dysfunction(renal_flag: bool, results: Sequence[LabResult]) -> bool:
     return renal_flag or (latest is not None and latest.value is not None and latest.value < EGFR_RENAL)
 
 
+def _open(session: Session, ctx: Context, mrn: str, on: date | None, what: str
+          ) -> tuple[date, Patient, PatientRecord, Regimen]:
+    """The date (default today), the active patient locked for the change, its
+    record and current regimen; a date in the future is refused."""
+    on = on or ctx.today
+    patient = get_patient(session, mrn, for_update=True)
+    _active(patient)
+    _not_future(ctx, on, what)
+    record = load_record(session, patient)
+    return on, patient, record, _current(record)
+
+
 # -- enrolment -------------------------------------------------------------------
 
 
@@ -138,12 +150,7 @@ def enroll(
 
 def give(session: Session, ctx: Context, mrn: str, on: date | None = None) -> Event:
     """Record the next planned dose of the current regimen as given on ``on``."""
-    on = on or ctx.today
-    patient = get_patient(session, mrn, for_update=True)
-    _active(patient)
-    _not_future(ctx, on, "a dose")
-    record = load_record(session, patient)
-    regimen = _current(record)
+    on, patient, record, regimen = _open(session, ctx, mrn, on, "a dose")
     if on < regimen.start:
         raise BadInput(
             f"{on.isoformat()} is before the start of {regimen.protocol} on {regimen.start.isoformat()}"
@@ -237,12 +244,7 @@ def _decide(session: Session, ctx: Context, patient: Patient, kind: DecisionKind
 
 def _regimen_decision(session: Session, ctx: Context, mrn: str, on: date | None,
                       protocol: str, kind: DecisionKind, what: str) -> Patient:
-    on = on or ctx.today
-    patient = get_patient(session, mrn, for_update=True)
-    _active(patient)
-    _not_future(ctx, on, what)
-    record = load_record(session, patient)
-    regimen = _current(record)
+    on, patient, record, regimen = _open(session, ctx, mrn, on, what)
     if regimen.protocol != protocol:
         raise BadInput(f"{what} applies to {protocol} only; {mrn} is on {regimen.protocol}")
     if on < regimen.start:
@@ -280,12 +282,7 @@ def confirm_response(session: Session, ctx: Context, mrn: str, on: date | None =
 
 def review(session: Session, ctx: Context, mrn: str, on: date | None = None) -> None:
     """hydroxo-neuro: the review found improvement continuing; loading goes on."""
-    on = on or ctx.today
-    patient = get_patient(session, mrn, for_update=True)
-    _active(patient)
-    _not_future(ctx, on, "a review")
-    record = load_record(session, patient)
-    regimen = _current(record)
+    on, patient, record, regimen = _open(session, ctx, mrn, on, "a review")
     if regimen.protocol != "hydroxo-neuro":
         raise BadInput(f"review applies to hydroxo-neuro only; {mrn} is on {regimen.protocol}")
     if any(d.kind == DecisionKind.END_LOADING.value and d.on >= regimen.start for d in record.decisions):
@@ -294,14 +291,10 @@ def review(session: Session, ctx: Context, mrn: str, on: date | None = None) -> 
 
 
 def discharge(session: Session, ctx: Context, mrn: str, reason: str, on: date | None = None) -> None:
-    on = on or ctx.today
     reason = reason.strip()
     if not reason:
         raise BadInput("--reason must not be empty")
-    patient = get_patient(session, mrn, for_update=True)
-    _active(patient)
-    _not_future(ctx, on, "a discharge")
-    record = load_record(session, patient)
+    on, patient, record, _ = _open(session, ctx, mrn, on, "a discharge")
     first = min(r.start for r in record.regimens)
     if on < first:
         raise BadInput(f"{on.isoformat()} is before the start on {first.isoformat()}")
@@ -327,20 +320,16 @@ def set_opt_out(session: Session, ctx: Context, mrn: str, opted_out: bool) -> bo
 def switch(session: Session, ctx: Context, mrn: str, protocol: str, on: date | None = None,
            maintenance_months: int | None = None) -> Regimen:
     """Move to another protocol from ``on``: as if enrolled then; labs keep their anchor."""
-    on = on or ctx.today
     chosen = get_protocol(protocol)
     months = check_maintenance_months(
         chosen, maintenance_months if maintenance_months is not None else chosen.default_maintenance_months
     )
-    patient = get_patient(session, mrn, for_update=True)
-    _active(patient)
-    _not_future(ctx, on, "a switch")
-    record = load_record(session, patient)
-    current = _current(record)
+    on, patient, record, current = _open(session, ctx, mrn, on, "a switch")
     if current.protocol == chosen.id:
         raise BadInput(f"{mrn} is already on {chosen.id}")
-    if on <= current.start:
-        raise BadInput(f"a switch must come after the current regimen's start on {current.start.isoformat()}")
+    if on < current.start:
+        raise BadInput(f"a switch cannot come before the current regimen's start on {current.start.isoformat()}")
+    _not_before_last_dose(record, on, "a switch")
     if chosen.id == "cyano" and _renal_dysfunction(patient.renal_impairment, record.results):
         raise BadInput(RENAL_REFUSAL)
     regimen = Regimen(patient_id=_id(patient), number=current.number + 1, protocol=chosen.id,

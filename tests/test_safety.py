@@ -259,3 +259,16 @@ def test_a_bad_alerts_threshold_in_cobalt_toml_exits_2_with_one_line(clinic):
     result = clinic.cobalt("alerts")
     assert result.code == 2
     assert result.err.count("\n") == 1 and "b12_borderline_high" in result.err
+
+
+def test_a_cyano_patient_found_in_renal_dysfunction_can_switch_on_the_day_of_enrolment(clinic):
+    with freeze_time("2026-03-02T10:00:00Z"):
+        assert clinic.cobalt("enroll", "--mrn", "R9", "--name", "Rae", "--protocol", "cyano").code == 0
+        assert clinic.cobalt("lab", "R9", "--result", "egfr=42").code == 0
+        assert "renal-cyano" in {a["code"] for a in clinic.cobalt("schedule", "R9", "--json").json()["alerts"]}
+        assert clinic.cobalt("switch", "R9", "--protocol", "hydroxo").code == 0
+        data = clinic.cobalt("schedule", "R9", "--json").json()
+    assert data["patient"]["protocol"] == "hydroxo"
+    assert "renal-cyano" not in {a["code"] for a in data["alerts"]}
+    planned = [e for e in data["events"] if e["kind"] == "dose" and e["status"] == "planned"]
+    assert planned[0]["due"] == "2026-03-02" and planned[0]["label"] == "loading"
