@@ -273,14 +273,17 @@ def _decision(fn: Callable[..., None], done: str) -> Callable[[App], None]:
     def command(app: App) -> None:
         with db.transaction(app.engine) as session:
             fn(session, app.context(), app.args.mrn, app.args.on)
-        print(f"{app.args.mrn}: {done} on {(app.args.on or app.today).isoformat()}")
+        on = (app.args.on or app.today).isoformat()
+        app.out({"mrn": app.args.mrn, "command": app.args.command, "on": on},
+                f"{app.args.mrn}: {done} on {on}")
     return command
 
 
 def cmd_discharge(app: App) -> None:
     with db.transaction(app.engine) as session:
         service.discharge(session, app.context(), app.args.mrn, app.args.reason, app.args.on)
-    print(f"{app.args.mrn}: discharged on {(app.args.on or app.today).isoformat()}")
+    on = (app.args.on or app.today).isoformat()
+    app.out({"mrn": app.args.mrn, "command": "discharge", "on": on}, f"{app.args.mrn}: discharged on {on}")
 
 
 def _opt(opted_out: bool) -> Callable[[App], None]:
@@ -288,7 +291,8 @@ def _opt(opted_out: bool) -> Callable[[App], None]:
         with db.transaction(app.engine) as session:
             changed = service.set_opt_out(session, app.context(), app.args.mrn, opted_out)
         state = "opted out of messages" if opted_out else "receives messages"
-        print(f"{app.args.mrn}: {state}" + ("" if changed else " (unchanged)"))
+        app.out({"mrn": app.args.mrn, "opted_out": opted_out, "changed": changed},
+                f"{app.args.mrn}: {state}" + ("" if changed else " (unchanged)"))
     return command
 
 
@@ -296,7 +300,8 @@ def cmd_switch(app: App) -> None:
     with db.transaction(app.engine) as session:
         regimen = service.switch(session, app.context(), app.args.mrn, app.args.protocol,
                                  app.args.on, app.args.maintenance_months)
-    print(f"{app.args.mrn}: switched to {regimen.protocol} from {regimen.start.isoformat()}")
+    app.out({"mrn": app.args.mrn, "protocol": regimen.protocol, "start": regimen.start.isoformat()},
+            f"{app.args.mrn}: switched to {regimen.protocol} from {regimen.start.isoformat()}")
 
 
 def cmd_tick(app: App) -> None:
@@ -334,7 +339,8 @@ def cmd_ack(app: App) -> None:
 
     with db.transaction(app.engine) as session:
         acknowledge(session, app.context(), app.args.mrn, app.args.code)
-    print(f"{app.args.mrn}: alert {app.args.code} acknowledged")
+    app.out({"mrn": app.args.mrn, "code": app.args.code, "status": "acknowledged"},
+            f"{app.args.mrn}: alert {app.args.code} acknowledged")
 
 
 # -- the parser --------------------------------------------------------------------
@@ -345,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--by", help="who is acting, for the audit trail (default: the OS user)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    def add(name: str, fn: Callable[[App], None], help: str, json_flag: bool = False,
+    def add(name: str, fn: Callable[[App], None], help: str, json_flag: bool = True,
             mrn: bool = False, on: bool = False) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(fn=fn)
@@ -358,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="print JSON")
         return p
 
-    p = add("db", cmd_db, "database migrations")
+    p = add("db", cmd_db, "database migrations", json_flag=False)
     dbsub = p.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
     dbsub.add_parser("upgrade", help="apply every migration (Alembic)")
     down = dbsub.add_parser("downgrade", help="step back to a revision ('base' for empty)")
@@ -387,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("give", cmd_give, "record the next planned dose as given", json_flag=True, mrn=True, on=True)
     p = add("lab", cmd_lab, "record lab results", json_flag=True, mrn=True, on=True)
     p.add_argument("--order", help="the lab order label to complete (e.g. 3-month)")
-    p.add_argument("--result", action="append", metavar="CODE=VALUE", help="a result; repeat")
+    p.add_argument("--result", action="extend", nargs="+", metavar="CODE=VALUE",
+                   help="one or more results (the flag may be repeated)")
     add("end-loading", _decision(service.end_loading, "loading ended"),
         "hydroxo-neuro: no further improvement; maintenance follows", mrn=True, on=True)
     add("confirm-response", _decision(service.confirm_response, "response confirmed"),
@@ -403,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--maintenance-months", type=_months)
     p = add("tick", cmd_tick, "one scheduler pass", json_flag=True)
     p.add_argument("--now", type=_datetime, help="the pass's time (ISO; default now)")
-    add("run", cmd_run, "the background scheduler, until stopped")
+    add("run", cmd_run, "the background scheduler, until stopped", json_flag=False)
     add("outbox", cmd_outbox, "queued, sent and failed messages", json_flag=True)
     add("alerts", cmd_alerts, "open safety alerts, most urgent first", json_flag=True)
     p = add("ack", cmd_ack, "acknowledge (close) an open alert", mrn=True)

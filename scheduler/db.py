@@ -50,10 +50,12 @@ def make_engine(url: str, **kw: Any) -> Engine:
         return engine
     try:
         return create_engine(url, pool_pre_ping=True, **kw)
-    except ModuleNotFoundError:
-        raise ConfigError(
-            "PostgreSQL needs the psycopg driver: pip install 'cobalt[postgres]'"
-        ) from None
+    except ModuleNotFoundError as exc:
+        if parsed.get_backend_name() == "postgresql":
+            raise ConfigError("PostgreSQL needs the psycopg driver: pip install 'cobalt[postgres]'") from None
+        raise ConfigError(f"no driver for {parsed.drivername!r} ({exc.name}): use SQLite or PostgreSQL") from None
+    except Exception as exc:
+        raise ConfigError(f"database_url: {exc}") from None
 
 
 def _sqlite_pragmas(engine: Engine) -> None:

@@ -73,14 +73,19 @@ def plan(
     history: History,
     calendar: ClinicCalendar,
     as_of: date,
+    *,
+    reach: date | None = None,
 ) -> list[PlannedEvent]:
     """Every event of the patient's treatment, past and planned, in due-date order.
 
-    ``as_of`` only sets how far ahead maintenance and annual labs are planned;
+    ``as_of`` only sets how far ahead maintenance and annual labs are planned
+    (``reach``: at least this far, where an earlier plan already reached);
     a discharged patient's plan is fixed at the discharge date.
     """
     closed_on = enrolment.discharged_on
     planned_to = horizon(closed_on or as_of)
+    if reach is not None and closed_on is None:
+        planned_to = max(planned_to, reach)  # a plan never pulls back what it already reached
     events: list[PlannedEvent] = []
     regimens = enrolment.regimens
     for number, regimen in enumerate(regimens, start=1):

@@ -102,6 +102,9 @@ def enroll(
         raise BadInput("--mrn must not be empty")
     if not name:
         raise BadInput("--name must not be empty")
+    for flag, given in (("--mrn", mrn), ("--name", name), ("--email", email or "")):
+        if not given.isprintable():
+            raise BadInput(f"{flag} must not contain control characters (newlines, tabs, ...)")
     if email is not None:
         email = email.strip()
         if "@" not in email or " " in email or email.startswith("@") or email.endswith("@"):
@@ -200,6 +203,7 @@ def record_lab(
     if len(set(codes)) != len(codes):
         raise BadInput("each result code may be given once per lab record")
     patient = get_patient(session, mrn, for_update=True)
+    _active(patient)
     _not_future(ctx, on, "a lab result")
     record = load_record(session, patient)
     open_orders = [e for e in record.events if e.kind == "lab" and e.status == Status.PLANNED]

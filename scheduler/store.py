@@ -136,10 +136,13 @@ def replan_many(session: Session, patients: Sequence[Patient], calendar: ClinicC
     for record in records:
         history = replace(record.history(),
                           extra_lab_orders=tuple(extra_lab_orders(record.lab_results(), policy)))
-        events = plan(record.enrolment(), history, calendar, today)
+        active = record.patient.status == "active"
+        # A pass run with a later --now (time travel) already planned further: keep it.
+        reach = record.patient.planned_through if active else None
+        events = plan(record.enrolment(), history, calendar, today, reach=reach)
         save_plan(session, record, events)
         safety.sync_alerts(session, record, today, policy, live=live)
-        record.patient.planned_through = horizon(today) if record.patient.status == "active" else None
+        record.patient.planned_through = max(horizon(today), reach or today) if active else None
         session.add(record.patient)
     session.flush()
     return records

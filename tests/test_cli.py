@@ -662,3 +662,36 @@ def test_neuro_review_cadence_is_clinic_policy(clinic):
     (clinic.path / "cobalt.toml").write_text(toml.replace("neuro_review_days = 21", "neuro_review_days = 3"))
     bad = clinic.cobalt("schedule", "N2")
     assert bad.code == 2 and "neuro_review_days" in bad.err
+
+
+def test_one_result_flag_takes_several_results(clinic):
+    assert clinic.cobalt("enroll", "--mrn", "L1", "--name", "Lee", "--start", "2026-03-02").code == 0
+    assert clinic.cobalt("lab", "L1", "--on", "2026-03-02", "--order", "baseline",
+                         "--result", "b12=120", "hb=9.8", "--result", "platelets=140").code == 0
+    baseline = next(e for e in clinic.cobalt("schedule", "L1", "--json").json()["events"]
+                    if e["label"] == "baseline")
+    assert baseline["status"] == "done" and baseline["done_on"] == "2026-03-02"
+
+
+@pytest.mark.parametrize("args", [
+    ("end-loading", "N1", "--on", "2026-03-06"),
+    ("opt-out", "N1"),
+    ("discharge", "N1", "--on", "2026-03-06", "--reason", "moved"),
+])
+def test_commands_that_confirm_also_answer_in_json(clinic, args):
+    assert clinic.cobalt("enroll", "--mrn", "N1", "--name", "Neo", "--neuro", "--start", "2026-03-02").code == 0
+    result = clinic.cobalt(*args, "--json")
+    assert result.code == 0, result.err
+    assert result.json()["mrn"] == "N1"
+
+
+def test_control_characters_in_an_mrn_or_name_are_refused(clinic):
+    result = clinic.cobalt("enroll", "--mrn", "Z1\nBcc: x@y.example", "--name", "Zed")
+    assert result.code == 2 and len(result.err.splitlines()) == 1
+
+
+def test_a_discharged_patient_takes_no_more_lab_results(clinic):
+    assert clinic.cobalt("enroll", "--mrn", "D1", "--name", "Dee", "--start", "2026-03-02").code == 0
+    assert clinic.cobalt("discharge", "D1", "--on", "2026-03-03", "--reason", "moved away").code == 0
+    result = clinic.cobalt("lab", "D1", "--on", "2026-03-04", "--result", "hb=4")
+    assert result.code == 2 and "discharged" in result.err

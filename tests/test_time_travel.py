@@ -153,3 +153,15 @@ def test_today_is_the_clinics_local_date_around_midnight_across_daylight_saving(
         first_dose = next(e for e in data["events"] if e["kind"] == "dose" and e["seq"] == 1)
         assert first_dose["done_on"] == local_today, utc
         assert refused.code == 2 and "future" in refused.err, utc
+
+
+def test_a_record_made_after_a_tick_in_the_future_keeps_the_plan_and_its_ids(clinic):
+    with freeze_time("2026-03-02T09:00:00Z"):
+        assert clinic.cobalt("enroll", "--mrn", "T9", "--name", "Tia", "--start", "2026-03-02").code == 0
+        assert clinic.cobalt("tick", "--now", "2031-06-02T09:00").code == 0
+        before = clinic.cobalt("schedule", "T9", "--json").json()["events"]
+        assert clinic.cobalt("give", "T9", "--on", "2026-03-02").code == 0
+        after = clinic.cobalt("schedule", "T9", "--json").json()["events"]
+    assert max(e["due"] for e in after) >= max(e["due"] for e in before) >= "2032-06-02"
+    ids = {e["id"] for e in before}
+    assert ids <= {e["id"] for e in after}
