@@ -102,8 +102,8 @@ def enroll(
         raise BadInput("--mrn must not be empty")
     if not name:
         raise BadInput("--name must not be empty")
-    for flag, given in (("--mrn", mrn), ("--name", name), ("--email", email or "")):
-        if not given.isprintable():
+    for flag, printable in (("--mrn", mrn), ("--name", name), ("--email", email or "")):
+        if not printable.isprintable():
             raise BadInput(f"{flag} must not contain control characters (newlines, tabs, ...)")
     if email is not None:
         email = email.strip()
