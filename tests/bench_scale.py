@@ -23,10 +23,16 @@ What it does:
    (c) a second pass at the same ``now`` (idempotent: should do nothing);
    (d) a roll-forward where every plan has run short (one UPDATE sets
        ``planned_through`` back, then ``roll_forward`` a month later);
-   (e) the query plans (EXPLAIN QUERY PLAN / EXPLAIN ANALYZE) of the
-       statements the worklist, the queueing and the roll-forward really run,
-       captured from the engine, and whether they use ``ix_event_status_due``;
-4. prints a table of the results (``--json FILE`` also writes them).
+   (e) the query plans (EXPLAIN QUERY PLAN on SQLite, EXPLAIN ANALYZE on
+       PostgreSQL) of the statements the worklist and a pass (roll-forward,
+       queueing, delivery) really run, captured from the engine, and whether
+       they use their index (``ix_event_status_due`` for the event queries);
+4. prints a table of the results, the time spent in SQL by statement, and the
+   plans (``--json FILE`` also writes everything).
+
+PostgreSQL: the server is COBALT_BENCH_POSTGRES or COBALT_TEST_POSTGRES (default
+postgresql+psycopg://postgres@127.0.0.1:5432); a database cobalt_bench_* is
+created for the run and dropped after it (unless --keep). See docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -65,7 +71,9 @@ from scheduler.passes import local_today, roll_forward
 from scheduler.planning import ROLL_FORWARD_BELOW_MONTHS, add_months
 from scheduler.store import get_patient, load_record
 
-PG_SERVER = os.environ.get("COBALT_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
+# The server (not a database: the benchmark creates and drops its own), as for the tests.
+PG_SERVER = (os.environ.get("COBALT_BENCH_POSTGRES") or os.environ.get("COBALT_TEST_POSTGRES")
+             or "postgresql+psycopg://postgres@127.0.0.1:5432")
 DEFAULT_NOW = "2026-11-24T09:00:00+00:00"  # a Tuesday, after send_time: every kind of message is due
 ROLL_FORWARD_LATER_DAYS = 30  # (d) runs this much later, so every plan really gains a month
 INDEX = "ix_event_status_due"
@@ -102,8 +110,8 @@ def _lab_results(tests: str, baseline: bool) -> list[str]:
     return [f"{c}={values.get(c, FOLLOW_UP.get(c, '1'))}" for c in codes] or ["b12=420"]
 
 
-def _simulate(session: Any, ctx: service.Context, mrn: str, rng: random.Random, today: date,
-              cutoff: date, skip_labs_after: date, end_loading_after: int) -> int:
+def _simulate(session: Any, ctx: service.Context, mrn: str, cutoff: date, skip_labs_after: date,
+              end_loading_after: int) -> int:
     """Record what the clinic did for one patient up to ``cutoff``, in date order, through the
     service: every dose given on its due day, labs taken, reviews and decisions. Returns the
     number of actions."""
@@ -171,7 +179,7 @@ def enrol_templates(engine: Engine, settings: Settings, today: date, count: int,
                            email=None if rng.random() < 0.08 else f"t{n}@patient.example",
                            protocol=protocol, start=start, neuro=protocol == "hydroxo-neuro",
                            maintenance_months=months)
-            actions += 1 + _simulate(session, ctx, mrn, rng, today, cutoff, skip_labs_after,
+            actions += 1 + _simulate(session, ctx, mrn, cutoff, skip_labs_after,
                                      end_loading_after=rng.choice((28, 56, 84, 120)))
             if rng.random() < 0.03:
                 service.set_opt_out(session, ctx, mrn, True)
@@ -543,7 +551,9 @@ def report(results: dict[str, Any]) -> str:
         f"{b['patients_with_next_dose'].get('loading', 0):,} / "
         f"{b['patients_with_next_dose'].get('maintenance', 0):,}",
         "",
-        f"{'step':<44} {'time':>10} {'peak RSS':>9} {'RSS +':>7}  result",
+        f"{'step':<44} {'time':>10} {'peak RSS':>9} {'RSS +':>7}  result"
+        + ("   (tracemalloc on: times are inflated; py = peak Python allocations, MB)"
+           if "py_peak_mb" in results["pass1"] else ""),
         "-" * 112,
     ]
 
@@ -551,7 +561,7 @@ def report(results: dict[str, Any]) -> str:
         rss = f"{step['peak_rss_mb']:.0f} MB" if step else ""
         growth = f"{step['rss_growth_mb']:.0f} MB" if step else ""
         if step and "py_peak_mb" in step:
-            growth += f" (py {step['py_peak_mb']:.0f})"
+            result = f"[py {step['py_peak_mb']:.0f} MB] {result}"
         lines.append(f"{name:<44} {_s(seconds):>10} {rss:>9} {growth:>7}  {result}")
 
     w = results["worklist"]
@@ -583,7 +593,8 @@ def report(results: dict[str, Any]) -> str:
         f"pass at now: outbox by kind {p1['outbox_by_kind']}; the digest's HTML is "
         f"{p1['digest_html_bytes'] or 0:,} bytes and names {w['patients_week']:,} patients "
         f"(one bound parameter each in its platelet query; PostgreSQL allows 65,535)",
-        "time in SQL by statement (count, total):",
+        "time in SQL by statement (count, total; cursor.execute only: SQLite computes most of a "
+        "SELECT's rows while they are fetched, so its SELECTs look cheaper than they are):",
         *_statements("(b) pass", p1["statements"]),
         *_statements("(c) second pass", results["pass2"]["statements"]),
         *_statements("(d) roll-forward", r["statements"]),
