@@ -75,6 +75,7 @@ class Event(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("patient_id", "key"),
         Index("ix_event_status_due", "status", "due"),
+        Index("ix_event_status_kind_due", "status", "kind", "due"),  # reminders and gate checks
     )
     id: int | None = Field(default=None, primary_key=True)
     patient_id: int = Field(foreign_key="patient.id")

@@ -66,6 +66,8 @@ class SchedulerSettings:
     retry_base_seconds: int = 60  # back-off: base * 2**attempts, capped at a day
     overdue_catch_up_days: int = 7  # after downtime, overdue notices this far back
     replan_batch: int = 500  # patients replanned per transaction when plans roll forward
+    replan_per_pass: int = 20000  # at most this many per pass; the next pass goes on
+    outbox_keep_days: int = 90  # then a sent message's body is cleared (its row stays: once-only)
 
 
 @dataclass(frozen=True)

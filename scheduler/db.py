@@ -9,10 +9,10 @@ half-way. PostgreSQL is the scale-out: URLs ``postgresql://`` and
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -24,6 +24,8 @@ from sqlmodel import Session
 import models  # noqa: F401  (the tables must be known to the metadata)
 from alembic import command
 from scheduler.errors import CobaltError, ConfigError, SchemaOutOfDate
+
+T = TypeVar("T")
 
 ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
 # Any number, the same in every process: serialises first-use migrations on PostgreSQL.
@@ -83,6 +85,13 @@ def transaction(engine: Engine) -> Iterator[Session]:
     """One unit of work: committed on success, rolled back on any error."""
     with Session(engine, expire_on_commit=False) as session, session.begin():
         yield session
+
+
+def chunked(ids: Sequence[T], size: int = 10_000) -> Iterator[Sequence[T]]:
+    """Slices of ``ids`` small enough for one ``IN (...)``: PostgreSQL takes at most
+    65,535 parameters in a statement, SQLite 32,766."""
+    for start in range(0, len(ids), size):
+        yield ids[start:start + size]
 
 
 # -- migrations ----------------------------------------------------------------

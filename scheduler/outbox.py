@@ -30,13 +30,13 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, exists, func, or_, update
+from sqlalchemy import Engine, and_, exists, func, or_, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from models import Event, LabResult, Outbox, Patient
 from scheduler.config import Settings
-from scheduler.db import transaction
+from scheduler.db import chunked, transaction
 from scheduler.mailer import FileMailer, Mailer, PermanentSendError, SmtpMailer, TemporarySendError
 from scheduler.messages import Message, Templates, make_message_id
 
@@ -51,6 +51,7 @@ PATIENT_KINDS = (DOSE_REMINDER, LAB_REMINDER)
 
 LAB_REMINDER_DAYS = 7  # SPEC: 7 days before a lab order is due
 DIGEST_UPCOMING_DAYS = 7  # SPEC: the digest lists what is due in the next 7 days
+DIGEST_SECTION_LIMIT = 300  # items listed per digest section; the rest are counted (`cobalt due` lists all)
 MAX_BACKOFF = timedelta(days=1)
 QUEUE_BATCH = 500
 
@@ -140,12 +141,14 @@ def _not_queued(kind: str, recipient: Any) -> Any:
 
 
 def _latest_platelets(session: Session, patient_ids: Sequence[int]) -> dict[int, float]:
-    if not patient_ids:
-        return {}
-    rows = session.exec(
-        select(col(LabResult.patient_id), col(LabResult.value), col(LabResult.taken_on), col(LabResult.id))
-        .where(col(LabResult.code) == "platelets", col(LabResult.patient_id).in_(patient_ids))
-    )
+    rows = [
+        row
+        for chunk in chunked(list(patient_ids))
+        for row in session.exec(
+            select(col(LabResult.patient_id), col(LabResult.value), col(LabResult.taken_on), col(LabResult.id))
+            .where(col(LabResult.code) == "platelets", col(LabResult.patient_id).in_(chunk))
+        )
+    ]
     latest: dict[int, tuple[date, int, float]] = {}
     for patient_id, value, taken_on, row_id in rows:
         if value is None:
@@ -180,7 +183,7 @@ def _patient_reminders(session: Session, clock: Clock, templates: Templates, kin
         .where(Event.status == "planned", *window, Patient.status == "active",
                col(Patient.opted_out).is_(False), col(Patient.email).is_not(None),
                _not_queued(kind, Patient.email))
-        .order_by(col(Event.id))
+        .order_by(col(Event.due), col(Event.id))
         .limit(QUEUE_BATCH)
     )
 
@@ -203,14 +206,19 @@ def _patient_reminders(session: Session, clock: Clock, templates: Templates, kin
 
 def _queue_in_batches(session: Session, query: Any, make_drafts: Callable[[list[Any]], list[_Draft]],
                       clock: Clock, templates: Templates) -> int:
-    """Read a batch of candidates (the query leaves out what is queued), queue it, repeat."""
+    """Read a batch of candidates (ordered by due date and id; the query leaves out
+    what is queued), queue it, and go on after the last one read (keyset paging,
+    so a busy morning does not rescan what it has passed)."""
     total = 0
+    page = query
     while True:
-        rows = list(session.exec(query))
+        rows = list(session.exec(page))
         if not rows:
             return total
         total += _insert(session, templates, clock.settings, make_drafts(rows), clock.now)
         session.flush()
+        last = rows[-1][0]
+        page = query.where(tuple_(col(Event.due), col(Event.id)) > tuple_(last.due, last.id))
 
 
 def _overdue_notices(session: Session, clock: Clock, templates: Templates) -> int:
@@ -223,7 +231,7 @@ def _overdue_notices(session: Session, clock: Clock, templates: Templates) -> in
         .join(Patient, col(Patient.id) == col(Event.patient_id))
         .where(Event.status == "planned", col(Event.due) >= earliest, col(Event.due) <= latest,
                Patient.status == "active", _not_queued(OVERDUE, recipient))
-        .order_by(col(Event.id))
+        .order_by(col(Event.due), col(Event.id))
         .limit(QUEUE_BATCH)
     )
 
@@ -256,11 +264,21 @@ def _digest(session: Session, clock: Clock, templates: Templates) -> int:
     if session.exec(select(Outbox.id).where(Outbox.dedupe_key == key)).first() is not None:
         return 0
     from scheduler.safety import list_open_alerts  # noqa: PLC0415
-    from scheduler.service import worklist  # noqa: PLC0415
 
-    rows = worklist(session, today + timedelta(days=DIGEST_UPCOMING_DAYS))
-    platelets = _latest_platelets(session, sorted({p.id for _, p in rows if p.id is not None}))
-    items = [(e, _event_item(e, p, platelets)) for e, p in rows]
+    sections: dict[str, list[dict[str, Any]]] = {}
+    totals: dict[str, int] = {}
+    for name, window in (
+        ("due_today", col(Event.due) == today),
+        ("overdue", col(Event.due) < today),
+        ("upcoming", and_(col(Event.due) > today, col(Event.due) <= today + timedelta(days=DIGEST_UPCOMING_DAYS))),
+    ):
+        base = (select(Event, Patient).join(Patient, col(Patient.id) == col(Event.patient_id))
+                .where(col(Event.status) == "planned", window, col(Patient.status) == "active"))
+        totals[name] = session.exec(select(func.count()).select_from(base.subquery())).one()
+        rows = list(session.exec(base.order_by(col(Event.due), col(Patient.mrn), col(Event.id))
+                                 .limit(DIGEST_SECTION_LIMIT)))
+        platelets = _latest_platelets(session, sorted({p.id for _, p in rows if p.id is not None}))
+        sections[name] = [_event_item(e, p, platelets) for e, p in rows]
     failed_rows = list(session.exec(
         select(Outbox).where(Outbox.status == "failed", col(Outbox.reported).is_(False))
         .order_by(col(Outbox.id)).limit(500)
@@ -271,9 +289,8 @@ def _digest(session: Session, clock: Clock, templates: Templates) -> int:
     ]
     context = {
         "clinic": _clinic(settings), "today": today,
-        "due_today": [i for e, i in items if e.due == today],
-        "overdue": [i for e, i in items if e.due < today],
-        "upcoming": [i for e, i in items if e.due > today],
+        **sections,
+        "totals": totals,
         "alerts": alerts,
         "failed": [{"kind": f.kind, "to": f.recipient, "subject": f.subject,
                     "error": f.last_error or ""} for f in failed_rows],
@@ -461,6 +478,23 @@ def deliver(engine: Engine, settings: Settings, now: datetime, mailer: Mailer | 
         if outage:
             break
     return report
+
+
+def purge_old_bodies(engine: Engine, settings: Settings, now: datetime, limit: int = 10_000) -> int:
+    """Clear the bodies of messages sent (or skipped, or failed and reported) more
+    than ``outbox_keep_days`` ago. The rows stay: they are what makes a message
+    once-only."""
+    done = or_(col(Outbox.status).in_(["sent", "skipped"]),
+               and_(col(Outbox.status) == "failed", col(Outbox.reported).is_(True)))
+    old = select(col(Outbox.id)).where(
+        done, col(Outbox.created_at) < now - timedelta(days=settings.scheduler.outbox_keep_days),
+        col(Outbox.body_text) != "",
+    ).limit(limit)
+    with transaction(engine) as session:
+        ids = list(session.exec(old))
+        if ids:
+            session.execute(update(Outbox).where(col(Outbox.id).in_(ids)).values(body_text="", body_html=""))
+    return len(ids)
 
 
 # -- listing -------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from scheduler.alerts import AlertPolicy
 from scheduler.config import Settings
 from scheduler.db import transaction
 from scheduler.mailer import Mailer
-from scheduler.outbox import deliver, queue_due_messages
+from scheduler.outbox import deliver, purge_old_bodies, queue_due_messages
 from scheduler.planning import ROLL_FORWARD_BELOW_MONTHS, add_months
 from scheduler.safety import due_for_alert_check
 from scheduler.store import replan_many
@@ -73,6 +73,8 @@ def roll_forward(engine: Engine, settings: Settings, now: datetime) -> int:
                 break
             replan_many(session, patients, calendar, today, policy=policy)
             total += len(patients)
+        if total >= settings.scheduler.replan_per_pass:
+            break  # the next pass goes on; reminders are not held up behind a big roll-forward
     # Alerts that a date alone sets off (an unconfirmed response gate).
     with transaction(engine) as session:
         ids = [p.id for p in due_for_alert_check(session, today)]
@@ -92,8 +94,14 @@ def run_pass(engine: Engine, settings: Settings, now: datetime, mailer: Mailer |
     """Plan forward, queue what is due at ``now``, deliver what is queued."""
     report = PassReport()
     report.replanned = roll_forward(engine, settings, now)
-    report.queued = queue_due_messages(engine, settings, now)
+    try:
+        report.queued = queue_due_messages(engine, settings, now)
+    except Exception:
+        # What is already queued still goes out; the error is reported after.
+        deliver(engine, settings, now, mailer)
+        raise
     delivery = deliver(engine, settings, now, mailer)
+    purge_old_bodies(engine, settings, now)
     report.sent, report.skipped = delivery.sent, delivery.skipped
     report.retried, report.failed = delivery.retried, delivery.failed
     log.info("pass: %s", report)

@@ -34,6 +34,7 @@ from scheduler.alerts import (
     AlertPolicy,
     evaluate,
 )
+from scheduler.db import chunked
 from scheduler.errors import BadInput
 from scheduler.store import PatientRecord, audit, get_patient
 
@@ -173,12 +174,10 @@ def open_alerts_by_patient(session: Session, patient_ids: Iterable[int]) -> dict
     ids = list(patient_ids)
     if not ids:
         return {}
-    rows = session.exec(
-        select(Alert).where(col(Alert.patient_id).in_(ids), Alert.status == OPEN)
-    )
     found: dict[int, list[Alert]] = {}
-    for row in rows:
-        found.setdefault(row.patient_id, []).append(row)
+    for chunk in chunked(ids):
+        for row in session.exec(select(Alert).where(col(Alert.patient_id).in_(chunk), Alert.status == OPEN)):
+            found.setdefault(row.patient_id, []).append(row)
     return {pid: [_alert_json(a) for a in _urgent_first(alerts)] for pid, alerts in found.items()}
 
 

@@ -311,3 +311,24 @@ def test_three_weeks_of_daily_passes_render_every_kind_for_every_protocol(mailin
     for event in held:  # nothing is sent about a dose that is held
         when = longdate(date.fromisoformat(event["due"]))
         assert not any(when in subject for subject in reminded)
+
+
+def test_old_message_bodies_are_cleared_but_never_sent_again(mailing_clinic, smtp):
+    enrol(mailing_clinic)
+    mailing_clinic.cobalt("give", "P1", "--on", START)
+    tick(mailing_clinic, "2026-03-03T08:00")
+    sent = len(smtp.messages)
+    tick(mailing_clinic, "2026-06-10T08:00")  # 99 days later: past outbox_keep_days
+    engine = make_engine(load_settings().database_url)
+    try:
+        from sqlmodel import Session, select
+
+        from models import Outbox
+        with Session(engine) as session:
+            early = [o for o in session.exec(select(Outbox)) if o.created_at.date().isoformat() < "2026-04-01"]
+    finally:
+        engine.dispose()
+    assert early and all(o.body_text == "" for o in early)
+    assert len([m for m in smtp.messages if m.message["X-Cobalt-Kind"] == "dose-reminder"
+                and "4 March" in m.message["Subject"]]) == 1
+    assert len(smtp.messages) > sent

@@ -129,6 +129,7 @@ def full_context(kind: str) -> dict[str, Any]:
                     "since": date(2026, 3, 1),
                 },
             ],
+            "totals": {"due_today": 1, "overdue": 2, "upcoming": 1},
             "failed": [
                 {
                     "kind": "dose-reminder",
@@ -344,6 +345,7 @@ def test_digest_says_none_for_each_empty_section(templates: Templates) -> None:
         "due_today": [],
         "overdue": [],
         "upcoming": [],
+        "totals": {"due_today": 0, "overdue": 0, "upcoming": 0},
         "alerts": [],
         "failed": [],
     }
@@ -470,3 +472,13 @@ def test_a_count_that_is_not_a_count_is_refused(platelets: float) -> None:
 def test_the_approved_sites_never_include_the_buttock_without_saying_why() -> None:
     assert "deltoid" in APPROVED_SITES and "vastus lateralis" in APPROVED_SITES
     assert "never the buttock" in APPROVED_SITES and "sciatic" in APPROVED_SITES
+
+
+def test_digest_counts_what_it_does_not_list(templates: Templates) -> None:
+    context = full_context("digest") | {"totals": {"due_today": 1, "overdue": 502, "upcoming": 1}}
+
+    message = render(templates, "digest", context)
+
+    assert "Overdue (502)" in message.text
+    assert "and 500 more" in message.text and "and 500 more" in message.html
+    assert "502 overdue" in message.subject
