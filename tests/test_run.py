@@ -97,3 +97,19 @@ def test_a_sender_killed_mid_batch_loses_nothing_and_repeats_at_most_one(clinic)
         assert {m["message_id"] for m in outbox} == set(ids)
         assert all(m["status"] == "sent" for m in outbox)
         assert sum(count - 1 for count in ids.values()) <= 1
+
+
+def test_two_tick_processes_at_once_send_each_reminder_once(clinic):
+    with SmtpSink() as smtp:
+        clinic.configure(smtp_host=smtp.host, smtp_port=smtp.port, extra="[scheduler]\nbatch_size = 5\n")
+        for n in range(25):
+            assert clinic.cobalt("enroll", "--mrn", f"T{n}", "--name", f"Patient {n}",
+                                 "--email", f"t{n}@patient.example", "--start", "2026-03-02").code == 0
+            assert clinic.cobalt("give", f"T{n}", "--on", "2026-03-02").code == 0
+        procs = [spawn(clinic, "tick", "--now", "2026-03-03T08:00") for _ in range(2)]
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+        ids = collections.Counter(m.message["Message-ID"] for m in smtp.messages)
+        assert len(ids) == 25 * 3 + 1  # a dose and a lab reminder, an overdue baseline lab; the digest
+        assert set(ids.values()) == {1}
