@@ -22,11 +22,14 @@ What it does:
        directory, split into roll-forward, queueing and delivery;
    (c) a second pass at the same ``now`` (idempotent: should do nothing);
    (d) a roll-forward where every plan has run short (one UPDATE sets
-       ``planned_through`` back, then ``roll_forward`` a month later);
+       ``planned_through`` back, then ``roll_forward`` a month later): first one
+       call as a pass makes it (stopped by ``[scheduler] replan_per_pass``), then
+       the rest with that cap raised, so the full roll-forward is measured too;
    (e) the query plans (EXPLAIN QUERY PLAN on SQLite, EXPLAIN ANALYZE on
        PostgreSQL) of the statements the worklist and a pass (roll-forward,
-       queueing, delivery) really run, captured from the engine, and whether
-       they use their index (``ix_event_status_due`` for the event queries);
+       queueing, digest, delivery, purge) really run, captured from the engine,
+       and whether they use their index (``ix_event_status_due`` or
+       ``ix_event_status_kind_due`` for the event queries);
 4. prints a table of the results, the time spent in SQL by statement, and the
    plans (``--json FILE`` also writes everything).
 
@@ -53,20 +56,23 @@ import tracemalloc
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, func, text
-from sqlmodel import select
+from sqlmodel import Session, select
 
 from models import Event, Outbox, Patient, metadata
 from scheduler import db, service
+from scheduler import outbox as outbox_module
 from scheduler.alerts import AlertPolicy
 from scheduler.config import Settings, SmtpSettings
 from scheduler.errors import BadInput
 from scheduler.labs import result_codes
-from scheduler.outbox import deliver, queue_due_messages
+from scheduler.messages import Templates
+from scheduler.outbox import Clock, deliver, purge_old_bodies, queue_due_messages
 from scheduler.passes import local_today, roll_forward
 from scheduler.planning import ROLL_FORWARD_BELOW_MONTHS, add_months
 from scheduler.store import get_patient, load_record
@@ -76,7 +82,8 @@ PG_SERVER = (os.environ.get("COBALT_BENCH_POSTGRES") or os.environ.get("COBALT_T
              or "postgresql+psycopg://postgres@127.0.0.1:5432")
 DEFAULT_NOW = "2026-11-24T09:00:00+00:00"  # a Tuesday, after send_time: every kind of message is due
 ROLL_FORWARD_LATER_DAYS = 30  # (d) runs this much later, so every plan really gains a month
-INDEX = "ix_event_status_due"
+NO_CAP = 10**9  # (d): replan_per_pass raised so that one call rolls every plan forward
+EVENT_INDEXES = ("ix_event_status_due", "ix_event_status_kind_due")
 
 # Lab values a treated patient plausibly has (no alert is raised by them).
 BASELINE = {"b12": "120", "hb": "10.5", "wbc": "6.0", "platelets": "240", "mcv": "108",
@@ -353,22 +360,56 @@ def step_worklist(engine: Engine, settings: Settings, now: datetime, meter: Mete
                         patients_week=len({p.id for _, p in week}))
 
 
+QUEUE_STEPS = {"_urgent_alerts": "alert", "_patient_reminders": None, "_overdue_notices": "overdue",
+               "_digest": "digest"}
+
+
+@contextmanager
+def timed_queue_steps() -> Iterator[dict[str, list[float]]]:
+    """Time each kind ``queue_due_messages`` queues, by wrapping its steps (it looks them
+    up in ``scheduler.outbox`` when it calls them). kind -> [seconds, messages queued]."""
+    found: dict[str, list[float]] = {}
+    originals = {name: getattr(outbox_module, name) for name in QUEUE_STEPS}
+
+    def wrap(name: str, step: Callable[..., int]) -> Callable[..., int]:
+        def timed(*args: Any) -> int:
+            kind = QUEUE_STEPS[name] or args[3]  # _patient_reminders(session, clock, templates, kind)
+            started = time.perf_counter()
+            queued = step(*args)
+            entry = found.setdefault(kind, [0.0, 0])
+            entry[0] += time.perf_counter() - started
+            entry[1] += queued
+            return queued
+        return timed
+
+    for name, step in originals.items():
+        setattr(outbox_module, name, wrap(name, step))
+    try:
+        yield found
+    finally:
+        for name, step in originals.items():
+            setattr(outbox_module, name, step)
+
+
 def _pass(engine: Engine, settings: Settings, now: datetime, meter: Meter) -> dict[str, Any]:
     """What ``run_pass`` does, part by part."""
     with timed_statements(engine) as statements:
         with meter.part("roll-forward"):
             replanned = roll_forward(engine, settings, now)
-        with meter.part("queue"):
+        with meter.part("queue"), timed_queue_steps() as queue_steps:
             queued = queue_due_messages(engine, settings, now)
         with meter.part("deliver"):
             delivery = deliver(engine, settings, now)
+        with meter.part("purge"):
+            purged = purge_old_bodies(engine, settings, now)
     with db.transaction(engine) as session:
         digest = session.exec(select(func.max(func.length(Outbox.body_html)))
                               .where(Outbox.kind == "digest")).one()
         kinds = dict(session.exec(select(Outbox.kind, func.count()).group_by(Outbox.kind)).all())
     return meter.result(replanned=replanned, queued=queued, sent=delivery.sent,
                         skipped=delivery.skipped, failed=delivery.failed, retried=delivery.retried,
-                        outbox_by_kind=kinds, digest_html_bytes=digest, statements=statements)
+                        purged=purged, outbox_by_kind=kinds, digest_html_bytes=digest,
+                        queue_steps=queue_steps, statements=statements)
 
 
 def step_pass(engine: Engine, settings: Settings, now: datetime, meter: Meter) -> dict[str, Any]:
@@ -383,19 +424,36 @@ def step_rollforward(engine: Engine, settings: Settings, now: datetime, meter: M
     with meter.part("UPDATE planned_through"), engine.begin() as conn:
         short = conn.execute(text("UPDATE patient SET planned_through = :d WHERE status = 'active'"),
                              {"d": old}).rowcount
-    with meter.part("roll-forward"), timed_statements(engine) as statements:
-        replanned = roll_forward(engine, settings, later)
+    uncapped = replace(settings, scheduler=replace(settings.scheduler, replan_per_pass=NO_CAP))
+    with timed_statements(engine) as statements:
+        # One call as a pass makes it: it stops after replan_per_pass plans (the next pass goes on).
+        with meter.part("roll-forward, one pass"):
+            one_pass = roll_forward(engine, settings, later)
+        # The rest, with the cap raised: the whole roll-forward, as consecutive passes would do it.
+        with meter.part("roll-forward, the rest"):
+            rest = roll_forward(engine, uncapped, later)
     with db.transaction(engine) as session:
         events_after = session.exec(select(func.count()).select_from(Event)).one()
-    seconds = meter.parts["roll-forward"]
-    return meter.result(short=short, replanned=replanned, per_second=replanned / seconds if seconds else 0,
+        days = session.exec(
+            select(Patient.planned_through, func.count()).where(Patient.status == "active")
+            .group_by(Patient.planned_through).order_by(func.count().desc())).all()
+    replanned = one_pass + rest
+    seconds = meter.parts["roll-forward, one pass"] + meter.parts["roll-forward, the rest"]
+    return meter.result(short=short, replan_per_pass=settings.scheduler.replan_per_pass,
+                        one_pass=one_pass, replanned=replanned,
+                        per_second=replanned / seconds if seconds else 0, full_seconds=seconds,
                         events_added=events_after - events_before, at=later.isoformat(),
-                        statements=statements)
+                        planned_through_days=len(days),
+                        planned_through_top=[(str(d), n) for d, n in days[:3]], statements=statements)
 
 
 ROLL_FORWARD_PICK = "roll-forward: patients whose plan runs short"
 CLAIM = "deliver: claim ready outbox rows"
-EXPLAINED_INDEX = {ROLL_FORWARD_PICK: "ix_patient_planned_through", CLAIM: "ix_outbox_status_next_attempt_at"}
+PURGE = "purge: sent bodies older than outbox_keep_days"
+# The index each explained statement should read through (any of them); event queries: EVENT_INDEXES.
+EXPLAINED_INDEX = {ROLL_FORWARD_PICK: ("ix_patient_planned_through",),
+                   CLAIM: ("ix_outbox_status_next_attempt_at",), PURGE: ()}
+EXPLAINED = ("worklist", "roll-forward", "alert check", "queue", "digest", "deliver", "purge")
 
 
 def label(statement: str) -> str:
@@ -408,7 +466,11 @@ def label(statement: str) -> str:
             return "alert check: response gates due (due_for_alert_check)"
         if "FROM event JOIN patient" in s:
             if "outbox" not in s:
-                return "worklist (service.worklist)"
+                if "LIMIT" not in s and "count(" not in s.lower():
+                    return "worklist (service.worklist)"
+                section = ("due today" if "event.due = " in s else "overdue" if "event.due < " in s
+                           else "upcoming")
+                return f"digest: {section}, {'count' if 'count(' in s.lower() else 'first rows'}"
             if "event.due =" in s:
                 return "queue: dose-reminder candidates"
             if "patient.email IS NOT NULL" in s:
@@ -416,6 +478,8 @@ def label(statement: str) -> str:
             return "queue: overdue candidates"
         if s.startswith("SELECT outbox.id FROM outbox WHERE") and "claimed_until <" in s:
             return CLAIM
+        if s.startswith("SELECT outbox.id FROM outbox WHERE") and "created_at <" in s:
+            return PURGE
     match = re.match(r"(SELECT|INSERT INTO|UPDATE|DELETE FROM)\b.*?(?:\bFROM\b\s+)?\"?(\w+)", s)
     if match and match.group(1) == "SELECT":
         table = re.search(r"\bFROM\s+\"?(\w+)", s)
@@ -472,9 +536,17 @@ def explain(engine: Engine, statement: str, parameters: Any) -> str:
         return "\n".join(r[0] for r in rows)
 
 
+def _full_scans(plan: str) -> list[str]:
+    """Tables read whole: ``SCAN t`` (SQLite, also ``SCAN t USING INDEX``), ``Seq Scan on t``."""
+    found = re.findall(r"(?:^|\s)SCAN (\w+)|Seq Scan on (\w+)", plan, flags=re.M)
+    return sorted({a or b for a, b in found})
+
+
 def step_explain(engine: Engine, settings: Settings, now: datetime, meter: Meter) -> dict[str, Any]:
-    """The plans of the statements the worklist and a pass (roll-forward, queueing, delivery)
-    run, captured from the engine during a pass at ``now`` that has nothing left to do."""
+    """The plans of the statements the worklist and a pass (roll-forward, queueing, delivery,
+    purge) run, captured from the engine during a pass at ``now`` that has nothing left to do.
+    The digest of ``now`` is already queued, so its statements are captured from the next
+    day's digest, built in a transaction that is rolled back."""
     today = local_today(settings, now)
     with captured(engine) as statements:
         with db.transaction(engine) as session:
@@ -482,16 +554,25 @@ def step_explain(engine: Engine, settings: Settings, now: datetime, meter: Meter
         roll_forward(engine, settings, now)
         queue_due_messages(engine, settings, now)
         deliver(engine, settings, now)
+        purge_old_bodies(engine, settings, now)
+        session = Session(engine, expire_on_commit=False)
+        try:
+            templates = Templates(settings.templates_path) if settings.templates_path else Templates()
+            outbox_module._digest(session, Clock(now + timedelta(days=1), settings), templates)
+        finally:
+            session.rollback()
+            session.close()
     plans: dict[str, dict[str, Any]] = {}
     for statement, parameters in statements:
         what = label(statement)
-        if not what.startswith(("worklist", "roll-forward", "alert check", "queue", "deliver")) \
-                or what in plans:
+        if not what.startswith(EXPLAINED) or what in plans:
             continue
         plan = explain(engine, statement, parameters)
-        plans[what] = {"sql": " ".join(statement.split()), "plan": plan,
-                       "index": EXPLAINED_INDEX.get(what, INDEX),
-                       "uses_index": EXPLAINED_INDEX.get(what, INDEX) in plan}
+        expected = EXPLAINED_INDEX.get(what, EVENT_INDEXES)
+        used = sorted(set(re.findall(r"\b(?:ix|pk)_\w+", plan)))
+        plans[what] = {"sql": " ".join(statement.split()), "plan": plan, "expected": list(expected),
+                       "indexes": used, "full_scans": _full_scans(plan),
+                       "uses_index": any(i in used for i in expected) if expected else None}
     return meter.result(plans=plans)
 
 
@@ -531,7 +612,7 @@ def _s(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
-def _statements(title: str, statements: dict[str, list[float]], top: int = 8) -> list[str]:
+def _statements(title: str, statements: dict[str, list[float]], top: int = 10) -> list[str]:
     ranked = sorted(statements.items(), key=lambda kv: -kv[1][1])[:top]
     return [f"   {title}: " + "; ".join(f"{what} {int(n):,}x {_s(t)}" for what, (n, t) in ranked)]
 
@@ -576,23 +657,35 @@ def report(results: dict[str, Any]) -> str:
         row("    roll-forward", p["seconds"]["roll-forward"], None,
             f"{p['replanned'] / p['seconds']['roll-forward']:,.0f} patients/s" if p["replanned"] else "")
         row("    queueing", p["seconds"]["queue"], None, "")
+        for kind, (seconds, queued) in p["queue_steps"].items():
+            row(f"      {kind}", seconds, None,
+                f"{queued:,} queued, {seconds / queued * 1000:.2f} ms each" if queued else "")
         row("    delivery (FileMailer)", p["seconds"]["deliver"], None,
             f"{p['seconds']['deliver'] / p['sent'] * 1000:.1f} ms a message" if p["sent"] else "")
+        row("    purge of old bodies", p["seconds"]["purge"], None, f"{p['purged']:,} cleared")
     r = results["rollforward"]
     row("(d) UPDATE planned_through (all short)", r["seconds"]["UPDATE planned_through"], None,
         f"{r['short']:,} plans short")
-    row(f"(d) roll-forward of every plan (now + {ROLL_FORWARD_LATER_DAYS} d)", r["seconds"]["roll-forward"],
+    row(f"(d) one pass (replan_per_pass = {r['replan_per_pass']:,})", r["seconds"]["roll-forward, one pass"],
+        None, f"{r['one_pass']:,} replanned")
+    row("(d) the rest (replan_per_pass raised)", r["seconds"]["roll-forward, the rest"], None,
+        f"{r['replanned'] - r['one_pass']:,} replanned")
+    row(f"(d) roll-forward of every plan (now + {ROLL_FORWARD_LATER_DAYS} d)", r["full_seconds"],
         r, f"{r['replanned']:,} replanned, {r['per_second']:,.0f} patients/s, "
            f"{r['events_added']:,} events added")
+    lines.append(f"(d) planned_through afterwards: {r['planned_through_days']:,} distinct days; largest: "
+                 + ", ".join(f"{d} {n:,}" for d, n in r["planned_through_top"]))
     e = results["explain"]
     for what, p in e["plans"].items():
-        lines.append(f"(e) {what:<56} {p['index']}: {'yes' if p['uses_index'] else 'NOT USED'}")
+        verdict = {None: "-", True: "yes", False: "NOT USED"}[p["uses_index"]]
+        lines.append(f"(e) {what:<58} {verdict:<8} indexes: {', '.join(p['indexes']) or '-'}; "
+                     f"whole-table scans: {', '.join(p['full_scans']) or '-'}")
     p1 = results["pass1"]
     lines += [
         "",
         f"pass at now: outbox by kind {p1['outbox_by_kind']}; the digest's HTML is "
-        f"{p1['digest_html_bytes'] or 0:,} bytes and names {w['patients_week']:,} patients "
-        f"(one bound parameter each in its platelet query; PostgreSQL allows 65,535)",
+        f"{p1['digest_html_bytes'] or 0:,} bytes (at most {outbox_module.DIGEST_SECTION_LIMIT} items a "
+        f"section, the rest counted; the week has {w['rows_week']:,} items for {w['patients_week']:,} patients)",
         "time in SQL by statement (count, total; cursor.execute only: SQLite computes most of a "
         "SELECT's rows while they are fetched, so its SELECTs look cheaper than they are):",
         *_statements("(b) pass", p1["statements"]),
