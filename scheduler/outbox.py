@@ -201,11 +201,11 @@ def _patient_reminders(session: Session, clock: Clock, templates: Templates, kin
             ))
         return out
 
-    return _queue_in_batches(session, query, drafts, clock, templates)
+    return _queue_in_batches(session, query, drafts, clock, templates, single_day=kind == DOSE_REMINDER)
 
 
 def _queue_in_batches(session: Session, query: Any, make_drafts: Callable[[list[Any]], list[_Draft]],
-                      clock: Clock, templates: Templates) -> int:
+                      clock: Clock, templates: Templates, *, single_day: bool = False) -> int:
     """Read a batch of candidates (ordered by due date and id; the query leaves out
     what is queued), queue it, and go on after the last one read (keyset paging,
     so a busy morning does not rescan what it has passed)."""
@@ -218,7 +218,10 @@ def _queue_in_batches(session: Session, query: Any, make_drafts: Callable[[list[
         total += _insert(session, templates, clock.settings, make_drafts(rows), clock.now)
         session.flush()
         last = rows[-1][0]
-        page = query.where(tuple_(col(Event.due), col(Event.id)) > tuple_(last.due, last.id))
+        if single_day:  # keep the index range on `due = day`; page by id within it
+            page = query.where(col(Event.id) > last.id)
+        else:
+            page = query.where(tuple_(col(Event.due), col(Event.id)) > tuple_(last.due, last.id))
 
 
 def _overdue_notices(session: Session, clock: Clock, templates: Templates) -> int:
@@ -298,6 +301,8 @@ def _digest(session: Session, clock: Clock, templates: Templates) -> int:
     draft = _Draft(dedupe_key=key, kind=DIGEST, recipient=recipient, context=context,
                    not_after=clock.start_of(today + timedelta(days=1)))
     queued = _insert(session, templates, settings, [draft], clock.now)
+    if queued:
+        purge_old_bodies(session, settings, clock.now)
     if failed_rows:
         session.execute(update(Outbox).where(col(Outbox.id).in_([f.id for f in failed_rows]))
                         .values(reported=True))
@@ -480,21 +485,20 @@ def deliver(engine: Engine, settings: Settings, now: datetime, mailer: Mailer | 
     return report
 
 
-def purge_old_bodies(engine: Engine, settings: Settings, now: datetime, limit: int = 10_000) -> int:
+def purge_old_bodies(session: Session, settings: Settings, now: datetime) -> int:
     """Clear the bodies of messages sent (or skipped, or failed and reported) more
     than ``outbox_keep_days`` ago. The rows stay: they are what makes a message
-    once-only."""
+    once-only. Runs once a day, with the digest (whose unique key makes sure one
+    process does it), as it reads the old rows."""
     done = or_(col(Outbox.status).in_(["sent", "skipped"]),
                and_(col(Outbox.status) == "failed", col(Outbox.reported).is_(True)))
-    old = select(col(Outbox.id)).where(
-        done, col(Outbox.created_at) < now - timedelta(days=settings.scheduler.outbox_keep_days),
-        col(Outbox.body_text) != "",
-    ).limit(limit)
-    with transaction(engine) as session:
-        ids = list(session.exec(old))
-        if ids:
-            session.execute(update(Outbox).where(col(Outbox.id).in_(ids)).values(body_text="", body_html=""))
-    return len(ids)
+    result = session.execute(
+        update(Outbox)
+        .where(done, col(Outbox.created_at) < now - timedelta(days=settings.scheduler.outbox_keep_days),
+               col(Outbox.body_text) != "")
+        .values(body_text="", body_html="")
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 # -- listing -------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from scheduler.alerts import AlertPolicy
 from scheduler.config import Settings
 from scheduler.db import transaction
 from scheduler.mailer import Mailer
-from scheduler.outbox import deliver, purge_old_bodies, queue_due_messages
+from scheduler.outbox import deliver, queue_due_messages
 from scheduler.planning import ROLL_FORWARD_BELOW_MONTHS, add_months
 from scheduler.safety import due_for_alert_check
 from scheduler.store import replan_many
@@ -101,7 +101,6 @@ def run_pass(engine: Engine, settings: Settings, now: datetime, mailer: Mailer |
         deliver(engine, settings, now, mailer)
         raise
     delivery = deliver(engine, settings, now, mailer)
-    purge_old_bodies(engine, settings, now)
     report.sent, report.skipped = delivery.sent, delivery.skipped
     report.retried, report.failed = delivery.retried, delivery.failed
     log.info("pass: %s", report)

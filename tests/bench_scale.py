@@ -400,8 +400,8 @@ def _pass(engine: Engine, settings: Settings, now: datetime, meter: Meter) -> di
             queued = queue_due_messages(engine, settings, now)
         with meter.part("deliver"):
             delivery = deliver(engine, settings, now)
-        with meter.part("purge"):
-            purged = purge_old_bodies(engine, settings, now)
+        with meter.part("purge"), db.transaction(engine) as purge_session:
+            purged = purge_old_bodies(purge_session, settings, now)
     with db.transaction(engine) as session:
         digest = session.exec(select(func.max(func.length(Outbox.body_html)))
                               .where(Outbox.kind == "digest")).one()
@@ -554,7 +554,8 @@ def step_explain(engine: Engine, settings: Settings, now: datetime, meter: Meter
         roll_forward(engine, settings, now)
         queue_due_messages(engine, settings, now)
         deliver(engine, settings, now)
-        purge_old_bodies(engine, settings, now)
+        with db.transaction(engine) as purge_session:
+            purge_old_bodies(purge_session, settings, now)
         session = Session(engine, expire_on_commit=False)
         try:
             templates = Templates(settings.templates_path) if settings.templates_path else Templates()
