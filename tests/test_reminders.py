@@ -334,42 +334,37 @@ def test_old_message_bodies_are_cleared_but_never_sent_again(mailing_clinic, smt
     assert len(smtp.messages) > sent
 
 
-def test_a_clinic_can_use_its_own_copies_of_the_templates(clinic, smtp):
+@pytest.fixture
+def own_templates(clinic, smtp):
+    """A copy of the templates in the clinic's folder, named by `templates_dir`."""
     import shutil
 
     from scheduler.messages import DEFAULT_TEMPLATES_DIR
 
     own = clinic.path / "our-templates"
     shutil.copytree(DEFAULT_TEMPLATES_DIR, own)
-    (own / "dose-reminder" / "subject.txt").write_text("Riverside: see you on {{ due|longdate }}\n")
-    (clinic.path / "cobalt.toml").write_text(toml_with_own_templates(clinic, smtp))
+    clinic.configure(smtp_host=smtp.host, smtp_port=smtp.port)
+    toml = (clinic.path / "cobalt.toml").read_text()
+    (clinic.path / "cobalt.toml").write_text('templates_dir = "our-templates"\n' + toml)  # before [clinic]
     enrol(clinic)
     clinic.cobalt("give", "P1", "--on", START)
+    return own
+
+
+def test_a_clinic_can_use_its_own_copies_of_the_templates(clinic, smtp, own_templates):
+    (own_templates / "dose-reminder" / "subject.txt").write_text("Riverside: see you on {{ due|longdate }}\n")
     tick(clinic, "2026-03-03T08:00")
     [reminder] = dose_reminders(smtp)
     assert reminder.message["Subject"] == "Riverside: see you on Wednesday 4 March 2026"
 
 
-def test_a_template_with_a_missing_variable_fails_the_pass_but_nothing_is_lost(clinic, smtp):
-    import shutil
-
-    from scheduler.messages import DEFAULT_TEMPLATES_DIR
-
-    own = clinic.path / "our-templates"
-    shutil.copytree(DEFAULT_TEMPLATES_DIR, own)
-    (own / "dose-reminder" / "subject.txt").write_text("See you {{ appointment_time }}\n")
-    (clinic.path / "cobalt.toml").write_text(toml_with_own_templates(clinic, smtp))
-    enrol(clinic)
-    clinic.cobalt("give", "P1", "--on", START)
+def test_a_template_with_a_missing_variable_fails_the_pass_but_nothing_is_lost(clinic, smtp, own_templates):
+    subject = own_templates / "dose-reminder" / "subject.txt"
+    shipped = subject.read_text()
+    subject.write_text("See you {{ appointment_time }}\n")
     result = clinic.cobalt("tick", "--now", "2026-03-03T08:00")
     assert result.code == 1 and "appointment_time" in result.err and len(result.err.splitlines()) == 1
     assert dose_reminders(smtp) == []
-    shutil.copy(DEFAULT_TEMPLATES_DIR / "dose-reminder" / "subject.txt", own / "dose-reminder" / "subject.txt")
+    subject.write_text(shipped)
     tick(clinic, "2026-03-03T08:05")
     assert len(dose_reminders(smtp)) == 1
-
-
-def toml_with_own_templates(clinic, smtp):
-    """cobalt.toml with `templates_dir` (a top-level key, so before the first [section])."""
-    clinic.configure(smtp_host=smtp.host, smtp_port=smtp.port)
-    return 'templates_dir = "our-templates"\n' + (clinic.path / "cobalt.toml").read_text()
