@@ -335,11 +335,16 @@ def _urgent_alerts(session: Session, clock: Clock, templates: Templates) -> int:
 
 def queue_due_messages(engine: Engine, settings: Settings, now: datetime,
                        templates: Templates | None = None) -> int:
-    """Decide and queue every message due at ``now``; returns how many were queued."""
+    """Decide and queue every message due at ``now``; returns how many were queued.
+
+    Each kind is its own transaction: one that fails (a broken template) is rolled
+    back and raised after the others have been queued, so it holds up nothing else.
+    """
     if templates is None:
         templates = Templates(settings.templates_path) if settings.templates_path else Templates()
     clock = Clock(now, settings)
     total = 0
+    failure: Exception | None = None
     for step in (
         lambda s: _urgent_alerts(s, clock, templates),
         lambda s: _patient_reminders(s, clock, templates, DOSE_REMINDER),
@@ -347,8 +352,14 @@ def queue_due_messages(engine: Engine, settings: Settings, now: datetime,
         lambda s: _overdue_notices(s, clock, templates),
         lambda s: _digest(s, clock, templates),
     ):
-        with transaction(engine) as session:
-            total += step(session)
+        try:
+            with transaction(engine) as session:
+                total += step(session)
+        except Exception as exc:
+            log.error("queueing failed (%s); the other kinds go on", type(exc).__name__)
+            failure = failure or exc
+    if failure is not None:
+        raise failure
     return total
 
 
