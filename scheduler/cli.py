@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import logging
 import os
 import re
 import sys
@@ -420,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv: Sequence[str] | None = None) -> int:
     app: App | None = None
+    # Commands speak through their output and one error line; the log is for `cobalt run`.
+    for name in ("cobalt", "scheduler"):
+        logging.getLogger(name).addHandler(logging.NullHandler())
     try:
         args = build_parser().parse_args(argv)
         settings = load_settings()

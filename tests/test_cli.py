@@ -695,3 +695,16 @@ def test_a_discharged_patient_takes_no_more_lab_results(clinic):
     assert clinic.cobalt("discharge", "D1", "--on", "2026-03-03", "--reason", "moved away").code == 0
     result = clinic.cobalt("lab", "D1", "--on", "2026-03-04", "--result", "hb=4")
     assert result.code == 2 and "discharged" in result.err
+
+
+def test_a_failing_pass_says_one_line_through_the_real_console_script(clinic):
+    own = clinic.path / "broken"
+    (own / "dose-reminder").mkdir(parents=True)
+    clinic.configure()
+    toml = (clinic.path / "cobalt.toml").read_text()
+    (clinic.path / "cobalt.toml").write_text('templates_dir = "broken"\n' + toml)
+    assert clinic.exe("enroll", "--mrn", "F1", "--name", "Fay", "--email", "fay@patient.example",
+                      "--start", "2026-03-02").code == 0
+    result = clinic.exe("tick", "--now", "2026-03-01T09:00")
+    assert result.code == 1
+    assert len(result.err.splitlines()) == 1 and "Traceback" not in result.err
