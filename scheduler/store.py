@@ -23,7 +23,7 @@ from scheduler import domain
 from scheduler.alerts import DEFAULT_POLICY, AlertPolicy, extra_lab_orders
 from scheduler.clinic_calendar import ClinicCalendar
 from scheduler.errors import NotFound
-from scheduler.planning import horizon, plan
+from scheduler.planning import PLAN_AHEAD_MONTHS, add_months, horizon, plan
 
 
 def get_patient(session: Session, mrn: str, *, for_update: bool = False) -> Patient:
@@ -141,7 +141,10 @@ def replan_many(session: Session, patients: Sequence[Patient], calendar: ClinicC
         reach = record.patient.planned_through if active else None
         events = plan(record.enrolment(), history, calendar, today, reach=reach)
         save_plan(session, record, events)
-        safety.sync_alerts(session, record, today, policy, live=live)
+        # The latest day this patient was planned on: date-driven alerts (the response
+        # gate) raised then stay raised when a record is made on an earlier real day.
+        seen = max(today, add_months(reach, -PLAN_AHEAD_MONTHS)) if reach else today
+        safety.sync_alerts(session, record, seen, policy, live=live)
         record.patient.planned_through = max(horizon(today), reach or today) if active else None
         session.add(record.patient)
     session.flush()

@@ -165,3 +165,15 @@ def test_a_record_made_after_a_tick_in_the_future_keeps_the_plan_and_its_ids(cli
     assert max(e["due"] for e in after) >= max(e["due"] for e in before) >= "2032-06-02"
     ids = {e["id"] for e in before}
     assert ids <= {e["id"] for e in after}
+
+
+def test_a_response_gate_alert_raised_by_a_future_tick_survives_a_record_made_today(clinic):
+    with freeze_time("2026-03-02T09:00:00Z"):
+        assert clinic.cobalt("enroll", "--mrn", "G1", "--name", "Gia", "--protocol", "cyano",
+                             "--start", "2026-03-02").code == 0
+        assert clinic.cobalt("tick", "--now", "2026-03-20T09:00").code == 0
+        codes = {a["code"] for a in clinic.cobalt("schedule", "G1", "--json").json()["alerts"]}
+        assert "response-gate" in codes
+        assert clinic.cobalt("lab", "G1", "--result", "folate=10").code == 0
+        codes = {a["code"] for a in clinic.cobalt("schedule", "G1", "--json").json()["alerts"]}
+    assert "response-gate" in codes
