@@ -15,7 +15,8 @@ The context each kind expects (dates are ``datetime.date``)::
     lab-reminder  due = date
                   time = str, e.g. "08:00"; "" when no time is given
 
-    overdue       patient = {"mrn": str, "name": str, "platelets": float | None}
+    overdue       patient = {"mrn": str, "name": str, "platelets": float | None,
+                             "neuro": bool (optional)}
                   event = {"kind": "dose" | "lab" | "review", "label": str, "seq": int,
                            "due": date, "because": str, "tests": list[str]}
                   today = date
@@ -27,7 +28,7 @@ The context each kind expects (dates are ``datetime.date``)::
                   due_today, overdue, upcoming = lists of
                       {"mrn": str, "name": str, "kind": str, "label": str, "seq": int,
                        "due": date, "because": str, "tests": list[str],
-                       "platelets": float | None}
+                       "platelets": float | None, "neuro": bool (optional)}
                   alerts = list of {"mrn", "name", "code", "severity", "message",
                                     "since": date}
                   failed = list of {"kind", "to", "subject", "error"}
@@ -36,7 +37,7 @@ Patient messages (``dose-reminder``, ``lab-reminder``) say only who, when,
 where, what to bring and how to rearrange: no diagnosis, drug, test or lab
 value. Clinic messages carry the injection-technique note
 (``technique.injection_note``) and the approved sites for every dose; the
-templates reach them as the globals ``injection_note(platelets)`` and
+templates reach them as the globals ``injection_note(platelets, neuro)`` and
 ``approved_sites``.
 """
 

@@ -164,7 +164,7 @@ def _event_item(event: Event, patient: Patient, platelets: dict[int, float]) -> 
         "mrn": patient.mrn, "name": patient.name, "kind": event.kind, "label": event.label,
         "seq": event.seq, "due": event.due, "because": event.because,
         "tests": event.tests.split() if event.tests else [],
-        "platelets": platelets.get(patient.id or 0),
+        "platelets": platelets.get(patient.id or 0), "neuro": patient.neuro,
     }
 
 
@@ -246,7 +246,7 @@ def _overdue_notices(session: Session, clock: Clock, templates: Templates) -> in
                 recipient=recipient, patient_id=patient.id, event_id=event.id, event_due=event.due,
                 context={
                     "clinic": _clinic(clock.settings), "today": today,
-                    "patient": {"mrn": patient.mrn, "name": patient.name,
+                    "patient": {"mrn": patient.mrn, "name": patient.name, "neuro": patient.neuro,
                                 "platelets": platelets.get(patient.id or 0)},
                     "event": _event_item(event, patient, platelets),
                 },

@@ -52,8 +52,11 @@ def band(platelets: float | None) -> Band:
     return Band.CRITICAL
 
 
-def injection_note(platelets: float | None) -> str:
-    """One or two sentences a nurse reads before giving the injection."""
+def injection_note(platelets: float | None, neuro: bool | None = None) -> str:
+    """One or two sentences a nurse reads before giving the injection.
+
+    ``neuro``: whether the patient has neurological symptoms on record (None: not
+    known here), which decides what to do below 25."""
     which = band(platelets)
     if platelets is None:
         return "No platelet count recorded: standard intramuscular injection."
@@ -62,10 +65,13 @@ def injection_note(platelets: float | None) -> str:
         return f"{count}: standard intramuscular injection."
     if which is Band.FINE_NEEDLE:
         return f"{count} (25 to 50): {_FINE_NEEDLE}"
-    treat_anyway = (
-        "with neurological symptoms, treat anyway; otherwise check with the clinician first. "
-        f"If given, {_FINE_NEEDLE}"
-    )
+    if neuro is True:
+        decision = "neurological symptoms are recorded: treat anyway."
+    elif neuro is False:
+        decision = "no neurological symptoms are recorded: check with the clinician first."
+    else:
+        decision = "with neurological symptoms, treat anyway; otherwise check with the clinician first."
+    treat_anyway = f"{decision} If given, {_FINE_NEEDLE}"
     if which is Band.VERY_LOW:
         return f"{count} (below 25): {treat_anyway}"
     return (

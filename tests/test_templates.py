@@ -482,3 +482,16 @@ def test_digest_counts_what_it_does_not_list(templates: Templates) -> None:
     assert "Overdue (502)" in message.text
     assert "and 500 more" in message.text and "and 500 more" in message.html
     assert "502 overdue" in message.subject
+
+
+@pytest.mark.parametrize(("neuro", "says"), [
+    (True, "neurological symptoms are recorded: treat anyway"),
+    (False, "no neurological symptoms are recorded: check with the clinician first"),
+])
+def test_below_25_the_note_follows_the_recorded_neuro_flag(templates: Templates, neuro: bool, says: str) -> None:
+    context = full_context("overdue")
+    context["patient"] = {**context["patient"], "platelets": 18.0, "neuro": neuro}
+
+    message = render(templates, "overdue", context)
+
+    assert says in message.text and says in message.html
