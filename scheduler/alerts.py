@@ -41,11 +41,13 @@ from scheduler.domain import (
     Status,
 )
 from scheduler.errors import ConfigError
+from scheduler.technique import FINE_NEEDLE_FROM, STANDARD_ABOVE, TRANSFUSION_BELOW
 
 # Fixed clinical thresholds (SPEC section 1). Not clinic policy: do not configure.
-PLATELETS_LOW = 50.0  # x10^9/L; 25 to 50 inclusive: fine needle and pressure
-PLATELETS_VERY_LOW = 25.0  # below: treat anyway with neurological symptoms
-PLATELETS_CRITICAL = 10.0  # below: consider platelet transfusion support
+# The platelet bands are the injection-technique bands (scheduler.technique).
+PLATELETS_LOW = STANDARD_ABOVE  # x10^9/L; 25 to 50 inclusive: fine needle and pressure
+PLATELETS_VERY_LOW = FINE_NEEDLE_FROM  # below: treat anyway with neurological symptoms
+PLATELETS_CRITICAL = TRANSFUSION_BELOW  # below: consider platelet transfusion support
 HB_CRITICAL = 5.0  # g/dL; below: packed red cells
 MMA_CONFIRMS = 271.0  # nmol/L; above: functional B12 deficiency confirmed
 HOMOCYSTEINE_TARGET = 10.0  # umol/L; the target is below this
@@ -183,6 +185,12 @@ def _first_where(
 
 
 # --- the rules, in the order of SPEC section 5 -----------------------------
+
+
+def renal_dysfunction(renal_impairment: bool, results: Sequence[LabResult]) -> bool:
+    """A recorded renal-impairment flag, or a latest eGFR below 60 (SPEC section 1)."""
+    egfr = _latest(results, "egfr")
+    return renal_impairment or (egfr is not None and _value(egfr) < EGFR_RENAL)
 
 
 def renal_cyano(enrolment: Enrolment, results: Sequence[LabResult]) -> Alert | None:

@@ -25,8 +25,11 @@ from scheduler import db, service
 from scheduler.alerts import AlertPolicy
 from scheduler.config import Settings, load_settings
 from scheduler.errors import BadInput, CobaltError
+from scheduler.outbox import outbox_json, outbox_text
 from scheduler.passes import local_today, run_pass
 from scheduler.protocols import PROTOCOLS
+from scheduler.runner import run_forever
+from scheduler.safety import acknowledge, alerts_json, alerts_text, list_open_alerts, open_alerts_by_patient
 from scheduler.store import event_json, get_patient, load_record, sorted_events
 
 
@@ -168,8 +171,6 @@ def cmd_enroll(app: App) -> None:
 
 
 def _schedule_json(record: Any) -> dict[str, Any]:
-    from scheduler.safety import alerts_json  # noqa: PLC0415 (optional until safety lands)
-
     p = record.patient
     regimens = sorted(record.regimens, key=lambda r: r.number)
     current = regimens[-1]
@@ -219,8 +220,6 @@ def cmd_schedule(app: App) -> None:
 
 
 def cmd_due(app: App) -> None:
-    from scheduler.safety import open_alerts_by_patient  # noqa: PLC0415
-
     on = app.args.on or app.today
     days = app.args.days or 0
     if days < 0:
@@ -314,30 +313,22 @@ def cmd_tick(app: App) -> None:
 
 
 def cmd_run(app: App) -> None:
-    from scheduler.runner import run_forever  # noqa: PLC0415
-
     run_forever(app.engine, app.settings)
 
 
 def cmd_outbox(app: App) -> None:
-    from scheduler.outbox import outbox_json, outbox_text  # noqa: PLC0415
-
     with db.transaction(app.engine) as session:
         data = outbox_json(session)
     app.out(data, lambda: outbox_text(data))
 
 
 def cmd_alerts(app: App) -> None:
-    from scheduler.safety import alerts_text, list_open_alerts  # noqa: PLC0415
-
     with db.transaction(app.engine) as session:
         data = list_open_alerts(session)
     app.out(data, lambda: alerts_text(data))
 
 
 def cmd_ack(app: App) -> None:
-    from scheduler.safety import acknowledge  # noqa: PLC0415
-
     with db.transaction(app.engine) as session:
         acknowledge(session, app.context(), app.args.mrn, app.args.code)
     app.out({"mrn": app.args.mrn, "code": app.args.code, "status": "acknowledged"},

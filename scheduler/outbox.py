@@ -38,7 +38,8 @@ from models import Event, LabResult, Outbox, Patient
 from scheduler.config import Settings
 from scheduler.db import chunked, transaction
 from scheduler.mailer import FileMailer, Mailer, PermanentSendError, SmtpMailer, TemporarySendError
-from scheduler.messages import Message, Templates, make_message_id
+from scheduler.messages import PATIENT_KINDS, Message, Templates, make_message_id
+from scheduler.safety import list_open_alerts, mark_notified, pending_urgent_alerts
 
 log = logging.getLogger("cobalt.outbox")
 
@@ -47,7 +48,6 @@ LAB_REMINDER = "lab-reminder"
 OVERDUE = "overdue"
 DIGEST = "digest"
 ALERT = "alert"
-PATIENT_KINDS = (DOSE_REMINDER, LAB_REMINDER)
 
 LAB_REMINDER_DAYS = 7  # SPEC: 7 days before a lab order is due
 DIGEST_UPCOMING_DAYS = 7  # SPEC: the digest lists what is due in the next 7 days
@@ -266,8 +266,6 @@ def _digest(session: Session, clock: Clock, templates: Templates) -> int:
     key = f"{DIGEST}:{today.isoformat()}:{recipient.lower()}"
     if session.exec(select(Outbox.id).where(Outbox.dedupe_key == key)).first() is not None:
         return 0
-    from scheduler.safety import list_open_alerts  # noqa: PLC0415
-
     sections: dict[str, list[dict[str, Any]]] = {}
     totals: dict[str, int] = {}
     for name, window in (
@@ -310,8 +308,6 @@ def _digest(session: Session, clock: Clock, templates: Templates) -> int:
 
 
 def _urgent_alerts(session: Session, clock: Clock, templates: Templates) -> int:
-    from scheduler.safety import mark_notified, pending_urgent_alerts  # noqa: PLC0415
-
     pending = pending_urgent_alerts(session)
     if not pending:
         return 0
@@ -545,7 +541,3 @@ def outbox_text(data: list[dict[str, Any]]) -> str:
         lines.append(f"{m['id']:>6}  {m['status']:<8} {m['kind']:<14} {m['to']:<30} {when}  {m['subject']}"
                      + (f"  ({m['error']})" if m["error"] else ""))
     return "\n".join(lines)
-
-
-def counts_by_status(session: Session) -> dict[str, int]:
-    return dict(session.exec(select(Outbox.status, func.count()).group_by(Outbox.status)).all())  # type: ignore[arg-type]

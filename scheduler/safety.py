@@ -51,18 +51,6 @@ _SEVERITY_ORDER = case(
 )
 
 
-def _planned_events(record: PatientRecord) -> list[domain.PlannedEvent]:
-    """The record's event rows as the pure rules see them."""
-    return [
-        domain.PlannedEvent(
-            key=e.key, kind=domain.Kind(e.kind), phase=domain.Phase(e.phase), seq=e.seq,
-            label=e.label, due=e.due, status=domain.Status(e.status), because=e.because,
-            done_on=e.done_on, tests=tuple(e.tests.split()),
-        )
-        for e in record.events
-    ]
-
-
 def live_alerts(session: Session, patient_ids: Iterable[int]) -> dict[int, list[Alert]]:
     """Rows that stand for a condition now (open, or acknowledged and not yet cleared),
     by patient: one query for a whole batch."""
@@ -81,12 +69,13 @@ def live_alerts(session: Session, patient_ids: Iterable[int]) -> dict[int, list[
 
 
 def sync_alerts(
-    session: Session, record: PatientRecord, today: date, policy: AlertPolicy = DEFAULT_POLICY,
-    *, live: Mapping[int, Sequence[Alert]] | None = None,
+    session: Session, record: PatientRecord, events: Sequence[domain.PlannedEvent], today: date,
+    policy: AlertPolicy = DEFAULT_POLICY, *, live: Mapping[int, Sequence[Alert]] | None = None,
 ) -> list[Alert]:
     """Bring the patient's alert rows in line with the rules on ``today``.
 
-    Call after the patient's events are saved (the response gate reads them).
+    ``events`` is the patient's plan as the planner just made it (the response
+    gate reads it).
     ``live`` is what ``live_alerts`` returned when the caller loaded a whole
     batch at once; without it the patient's rows are read here. Returns the rows
     inserted (new alerts, open), not yet flushed.
@@ -95,7 +84,7 @@ def sync_alerts(
     assert patient.id is not None
     if patient.status == "active":
         raised = evaluate(
-            record.enrolment(), record.lab_results(), _planned_events(record),
+            record.enrolment(), record.lab_results(), events,
             record.first_dose_on(), today, policy,
         )
     else:

@@ -15,8 +15,8 @@ from datetime import date, timedelta
 from sqlmodel import Session, col, select
 
 from models import Decision, Dose, Event, LabResult, Patient, Regimen
-from scheduler import labs
-from scheduler.alerts import DEFAULT_POLICY, EGFR_RENAL, AlertPolicy, is_pernicious
+from scheduler import domain, labs
+from scheduler.alerts import DEFAULT_POLICY, AlertPolicy, is_pernicious, renal_dysfunction
 from scheduler.clinic_calendar import ClinicCalendar
 from scheduler.domain import DecisionKind, Status
 from scheduler.errors import BadInput
@@ -70,12 +70,6 @@ def _current(record: PatientRecord) -> Regimen:
     return max(record.regimens, key=lambda r: r.number)
 
 
-def _renal_dysfunction(renal_flag: bool, results: Sequence[LabResult]) -> bool:
-    egfr = [r for r in results if r.code == "egfr" and r.value is not None]
-    latest = max(egfr, key=lambda r: (r.taken_on, r.id or 0), default=None)
-    return renal_flag or (latest is not None and latest.value is not None and latest.value < EGFR_RENAL)
-
-
 def _open(session: Session, ctx: Context, mrn: str, on: date | None, what: str
           ) -> tuple[date, Patient, PatientRecord, Regimen]:
     """The date (default today), the active patient locked for the change, its
@@ -123,8 +117,8 @@ def enroll(
     for code, value in (("egfr", egfr), ("platelets", platelets), ("hb", hb)):
         if value is not None:
             initial.append(labs.parse_result(f"{code}={value}")[:2])  # type: ignore[arg-type]
-    renal = renal_impairment or (egfr is not None and egfr < EGFR_RENAL)
-    if chosen.id == "cyano" and renal:
+    at_start = [domain.LabResult("egfr", start, value=egfr)] if egfr is not None else []
+    if chosen.id == "cyano" and renal_dysfunction(renal_impairment, at_start):
         raise BadInput(RENAL_REFUSAL)
     if session.exec(select(Patient.id).where(Patient.mrn == mrn)).first() is not None:
         raise BadInput(f"a patient with MRN {mrn!r} is already enrolled")
@@ -334,7 +328,7 @@ def switch(session: Session, ctx: Context, mrn: str, protocol: str, on: date | N
     if on < current.start:
         raise BadInput(f"a switch cannot come before the current regimen's start on {current.start.isoformat()}")
     _not_before_last_dose(record, on, "a switch")
-    if chosen.id == "cyano" and _renal_dysfunction(patient.renal_impairment, record.results):
+    if chosen.id == "cyano" and renal_dysfunction(patient.renal_impairment, record.lab_results()):
         raise BadInput(RENAL_REFUSAL)
     regimen = Regimen(patient_id=_id(patient), number=current.number + 1, protocol=chosen.id,
                       start=on, maintenance_months=months)

@@ -144,7 +144,7 @@ def replan_many(session: Session, patients: Sequence[Patient], calendar: ClinicC
         # The latest day this patient was planned on: date-driven alerts (the response
         # gate) raised then stay raised when a record is made on an earlier real day.
         seen = max(today, add_months(reach, -PLAN_AHEAD_MONTHS)) if reach else today
-        safety.sync_alerts(session, record, seen, policy, live=live)
+        safety.sync_alerts(session, record, events, seen, policy, live=live)
         record.patient.planned_through = max(horizon(today), reach or today) if active else None
         session.add(record.patient)
     session.flush()
