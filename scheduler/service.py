@@ -159,7 +159,7 @@ def give(session: Session, ctx: Context, mrn: str, on: date | None = None) -> Ev
     if last is not None and on < last:
         raise BadInput(f"a dose was given on {last.isoformat()}: a later dose cannot be given before it")
     decided = [d.on for d in record.decisions
-               if d.kind in ("end-loading", "confirm-response") and d.on >= regimen.start]
+               if d.kind in (DecisionKind.END_LOADING, DecisionKind.CONFIRM_RESPONSE) and d.on >= regimen.start]
     if decided and on < max(decided):
         raise BadInput(
             f"a decision was recorded on {max(decided).isoformat()}: a dose cannot be dated before it"
