@@ -15,22 +15,18 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from alembic.util.exc import CommandError as AlembicCommandError
-from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
-
-from scheduler import db, service
-from scheduler.alerts import AlertPolicy
-from scheduler.config import Settings, load_settings
+from scheduler import __version__
 from scheduler.errors import BadInput, CobaltError
-from scheduler.outbox import outbox_json, outbox_text
-from scheduler.passes import local_today, run_pass
-from scheduler.protocols import PROTOCOLS
-from scheduler.runner import run_forever
-from scheduler.safety import acknowledge, alerts_json, alerts_text, list_open_alerts, open_alerts_by_patient
-from scheduler.store import event_json, get_patient, load_record, sorted_events
+
+# Only the standard library is imported before a command runs: `cobalt --help`
+# stays fast, and each command loads the libraries it needs (SPEC section 6).
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from scheduler import service
+    from scheduler.config import Settings
 
 
 class _Parser(argparse.ArgumentParser):
@@ -78,7 +74,9 @@ class App:
         self.args = args
         self.settings = settings
         self.now = now
-        self.today = local_today(settings, now)
+        from scheduler.alerts import AlertPolicy
+
+        self.today = now.astimezone(settings.clinic.tz).date()
         self.actor = (getattr(args, "by", None) or _os_user())[:64]
         self.policy = AlertPolicy.from_mapping(settings.alerts)  # a bad threshold: exit 2 at start
         self._engine: Engine | None = None
@@ -86,6 +84,8 @@ class App:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
+            from scheduler import db
+
             self._engine = db.make_engine(self.settings.database_url)
             db.ensure_schema(self._engine)
         return self._engine
@@ -95,6 +95,8 @@ class App:
             self._engine.dispose()
 
     def context(self) -> service.Context:
+        from scheduler import service
+
         return service.Context(self.settings.clinic.calendar(), self.today, self.actor, self.policy)
 
     def out(self, data: Any, text: str | Callable[[], str]) -> None:
@@ -115,6 +117,10 @@ def _os_user() -> str:
 
 
 def cmd_db(app: App) -> None:
+    from alembic.util.exc import CommandError as AlembicCommandError
+
+    from scheduler import db
+
     engine = db.make_engine(app.settings.database_url)
     try:
         if app.args.db_command == "upgrade":
@@ -134,6 +140,9 @@ def cmd_db(app: App) -> None:
 
 
 def cmd_protocols(app: App) -> None:
+    from scheduler import service
+    from scheduler.protocols import PROTOCOLS
+
     data = service.protocols_json()
 
     def text() -> str:
@@ -156,6 +165,9 @@ def cmd_protocols(app: App) -> None:
 
 
 def cmd_enroll(app: App) -> None:
+    from scheduler import db, service
+    from scheduler.store import load_record
+
     a = app.args
     with db.transaction(app.engine) as session:
         patient = service.enroll(
@@ -171,6 +183,9 @@ def cmd_enroll(app: App) -> None:
 
 
 def _schedule_json(record: Any) -> dict[str, Any]:
+    from scheduler.safety import alerts_json
+    from scheduler.store import event_json, sorted_events
+
     p = record.patient
     regimens = sorted(record.regimens, key=lambda r: r.number)
     current = regimens[-1]
@@ -197,6 +212,9 @@ def _table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
 
 
 def cmd_schedule(app: App) -> None:
+    from scheduler import db
+    from scheduler.store import get_patient, load_record
+
     with db.transaction(app.engine) as session:
         record = load_record(session, get_patient(session, app.args.mrn))
         data = _schedule_json(record)
@@ -220,6 +238,10 @@ def cmd_schedule(app: App) -> None:
 
 
 def cmd_due(app: App) -> None:
+    from scheduler import db, service
+    from scheduler.safety import open_alerts_by_patient
+    from scheduler.store import event_json
+
     on = app.args.on or app.today
     days = app.args.days or 0
     if days < 0:
@@ -251,6 +273,9 @@ def cmd_due(app: App) -> None:
 
 
 def cmd_give(app: App) -> None:
+    from scheduler import db, service
+    from scheduler.store import event_json
+
     with db.transaction(app.engine) as session:
         event = service.give(session, app.context(), app.args.mrn, app.args.on)
         data = {"mrn": app.args.mrn, "given_on": (app.args.on or app.today).isoformat(),
@@ -259,6 +284,9 @@ def cmd_give(app: App) -> None:
 
 
 def cmd_lab(app: App) -> None:
+    from scheduler import db, service
+    from scheduler.store import event_json
+
     with db.transaction(app.engine) as session:
         order = service.record_lab(session, app.context(), app.args.mrn, app.args.result or [],
                                    on=app.args.on, order=app.args.order)
@@ -269,8 +297,11 @@ def cmd_lab(app: App) -> None:
                      ", no open lab order"))
 
 
-def _decision(fn: Callable[..., None], done: str) -> Callable[[App], None]:
+def _decision(name: str, done: str) -> Callable[[App], None]:
     def command(app: App) -> None:
+        from scheduler import db, service
+
+        fn = getattr(service, name)
         with db.transaction(app.engine) as session:
             fn(session, app.context(), app.args.mrn, app.args.on)
         on = (app.args.on or app.today).isoformat()
@@ -280,6 +311,8 @@ def _decision(fn: Callable[..., None], done: str) -> Callable[[App], None]:
 
 
 def cmd_discharge(app: App) -> None:
+    from scheduler import db, service
+
     with db.transaction(app.engine) as session:
         service.discharge(session, app.context(), app.args.mrn, app.args.reason, app.args.on)
     on = (app.args.on or app.today).isoformat()
@@ -288,6 +321,8 @@ def cmd_discharge(app: App) -> None:
 
 def _opt(opted_out: bool) -> Callable[[App], None]:
     def command(app: App) -> None:
+        from scheduler import db, service
+
         with db.transaction(app.engine) as session:
             changed = service.set_opt_out(session, app.context(), app.args.mrn, opted_out)
         state = "opted out of messages" if opted_out else "receives messages"
@@ -297,6 +332,8 @@ def _opt(opted_out: bool) -> Callable[[App], None]:
 
 
 def cmd_switch(app: App) -> None:
+    from scheduler import db, service
+
     with db.transaction(app.engine) as session:
         regimen = service.switch(session, app.context(), app.args.mrn, app.args.protocol,
                                  app.args.on, app.args.maintenance_months)
@@ -305,6 +342,8 @@ def cmd_switch(app: App) -> None:
 
 
 def cmd_tick(app: App) -> None:
+    from scheduler.passes import run_pass
+
     now = app.args.now or app.now
     if now.tzinfo is None:
         now = now.replace(tzinfo=app.settings.clinic.tz)
@@ -313,22 +352,33 @@ def cmd_tick(app: App) -> None:
 
 
 def cmd_run(app: App) -> None:
+    from scheduler.runner import run_forever
+
     run_forever(app.engine, app.settings)
 
 
 def cmd_outbox(app: App) -> None:
+    from scheduler import db
+    from scheduler.outbox import outbox_json, outbox_text
+
     with db.transaction(app.engine) as session:
         data = outbox_json(session)
     app.out(data, lambda: outbox_text(data))
 
 
 def cmd_alerts(app: App) -> None:
+    from scheduler import db
+    from scheduler.safety import alerts_text, list_open_alerts
+
     with db.transaction(app.engine) as session:
         data = list_open_alerts(session)
     app.out(data, lambda: alerts_text(data))
 
 
 def cmd_ack(app: App) -> None:
+    from scheduler import db
+    from scheduler.safety import acknowledge
+
     with db.transaction(app.engine) as session:
         acknowledge(session, app.context(), app.args.mrn, app.args.code)
     app.out({"mrn": app.args.mrn, "code": app.args.code, "status": "acknowledged"},
@@ -340,6 +390,7 @@ def cmd_ack(app: App) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cobalt", description="Lifelong B12 treatment schedules and reminders.")
+    parser.add_argument("--version", action="version", version=f"cobalt {__version__}")
     parser.add_argument("--by", help="who is acting, for the audit trail (default: the OS user)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -387,11 +438,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--order", help="the lab order label to complete (e.g. 3-month)")
     p.add_argument("--result", action="extend", nargs="+", metavar="CODE=VALUE",
                    help="one or more results (the flag may be repeated)")
-    add("end-loading", _decision(service.end_loading, "loading ended"),
+    add("end-loading", _decision("end_loading", "loading ended"),
         "hydroxo-neuro: no further improvement; maintenance follows", mrn=True, on=True)
-    add("confirm-response", _decision(service.confirm_response, "response confirmed"),
+    add("confirm-response", _decision("confirm_response", "response confirmed"),
         "cyano: improvement and reticulocyte response confirmed; phase 2 follows", mrn=True, on=True)
-    add("review", _decision(service.review, "review recorded (improvement continuing)"),
+    add("review", _decision("review", "review recorded (improvement continuing)"),
         "hydroxo-neuro: the review found improvement continuing; loading goes on", mrn=True, on=True)
     p = add("discharge", cmd_discharge, "treatment ends: cancel what is not done", mrn=True, on=True)
     p.add_argument("--reason", required=True)
@@ -417,6 +468,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(name).addHandler(logging.NullHandler())
     try:
         args = build_parser().parse_args(argv)
+        from scheduler.config import load_settings
+
         settings = load_settings()
         app = App(args, settings, datetime.now(UTC))
         args.fn(app)
@@ -427,7 +480,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     except CobaltError as exc:
         print(f"cobalt: {exc}", file=sys.stderr)
         return 1
-    except SQLAlchemyError as exc:
+    except Exception as exc:
+        if not _is_database_error(exc):
+            raise
         print(f"cobalt: database error: {str(exc.orig if hasattr(exc, 'orig') else exc).splitlines()[0]}",
               file=sys.stderr)
         return 1
@@ -439,6 +494,12 @@ def run(argv: Sequence[str] | None = None) -> int:
     finally:
         if app is not None:
             app.close()
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    """A SQLAlchemy error, checked without importing SQLAlchemy for commands that never loaded it."""
+    sa_exc = sys.modules.get("sqlalchemy.exc")
+    return sa_exc is not None and isinstance(exc, sa_exc.SQLAlchemyError)
 
 
 def main() -> NoReturn:

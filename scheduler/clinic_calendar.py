@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-
-import holidays as holidays_lib
+from typing import TYPE_CHECKING
 
 from scheduler.errors import ConfigError
+
+if TYPE_CHECKING:  # loaded only by a clinic that names its holidays: a slow import
+    import holidays as holidays_lib
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -31,6 +33,8 @@ def load_holidays(spec: str) -> holidays_lib.HolidayBase | None:
     spec = spec.strip()
     if not spec:
         return None
+    import holidays as holidays_lib
+
     country, _, subdiv = spec.partition("-")
     try:
         return holidays_lib.country_holidays(country.upper(), subdiv=subdiv.upper() or None)

@@ -9,25 +9,29 @@ half-way. PostgreSQL is the scale-out: URLs ``postgresql://`` and
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from importlib.resources import files
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlmodel import Session
 
 import models  # noqa: F401  (the tables must be known to the metadata)
-from alembic import command
 from scheduler.errors import CobaltError, ConfigError, SchemaOutOfDate
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 T = TypeVar("T")
 
-ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
+# The migrations ship inside the package (scheduler/migrations; the checkout's
+# top-level `alembic` is a link to it), so an installed wheel finds them too.
+MIGRATIONS_DIR = Path(str(files("scheduler") / "migrations"))
 # Any number, the same in every process: serialises first-use migrations on PostgreSQL.
 _MIGRATION_LOCK = 0x0C0BA17
 
@@ -54,7 +58,7 @@ def make_engine(url: str, **kw: Any) -> Engine:
         return create_engine(url, pool_pre_ping=True, **kw)
     except ModuleNotFoundError as exc:
         if parsed.get_backend_name() == "postgresql":
-            raise ConfigError("PostgreSQL needs the psycopg driver: pip install 'cobalt[postgres]'") from None
+            raise ConfigError("PostgreSQL needs the psycopg driver: pip install 'cobalt-clinic[postgres]'") from None
         raise ConfigError(f"no driver for {parsed.drivername!r} ({exc.name}): use SQLite or PostgreSQL") from None
     except Exception as exc:
         raise ConfigError(f"database_url: {exc}") from None
@@ -94,23 +98,47 @@ def chunked(ids: Sequence[T], size: int = 10_000) -> Iterator[Sequence[T]]:
 
 
 def alembic_config(engine: Engine) -> Config:
+    from alembic.config import Config
+
     config = Config()
-    config.set_main_option("script_location", str(ALEMBIC_DIR))
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["engine"] = engine
     return config
 
 
+_REVISION = re.compile(r"^(down_revision|revision)\b[^=]*=\s*['\"]?([\w]+)['\"]?", re.MULTILINE)
+
+
+@functools.cache
+def known_revisions() -> dict[str, str | None]:
+    """Each migration's revision and the one it follows, read from the files
+    themselves: a read command checks the schema without loading Alembic."""
+    chain: dict[str, str | None] = {}
+    for path in sorted((MIGRATIONS_DIR / "versions").glob("*.py")):
+        found = dict((key, value) for key, value in _REVISION.findall(path.read_text(encoding="utf-8")))
+        if "revision" in found:
+            down = found.get("down_revision")
+            chain[found["revision"]] = None if down in (None, "None") else down
+    return chain
+
+
 @functools.cache
 def head_revision() -> str:
-    script = ScriptDirectory(str(ALEMBIC_DIR))
-    head = script.get_current_head()
-    assert head is not None
-    return head
+    chain = known_revisions()
+    heads = set(chain) - {down for down in chain.values() if down}
+    if len(heads) != 1:
+        raise CobaltError(f"the packaged migrations have {len(heads)} heads; expected one")
+    return heads.pop()
 
 
 def current_revision(engine: Engine) -> str | None:
+    """The database's schema revision, by a plain query (None: no Cobalt revision)."""
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        try:
+            rows: list[str] = list(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
+        except (OperationalError, ProgrammingError):
+            return None
+    return rows[0] if len(rows) == 1 else None
 
 
 @contextmanager
@@ -129,11 +157,15 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    from alembic import command
+
     with _migration_lock(engine):
         command.upgrade(alembic_config(engine), revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
+    from alembic import command
+
     with _migration_lock(engine):
         command.downgrade(alembic_config(engine), revision)
 
@@ -146,9 +178,7 @@ def ensure_schema(engine: Engine) -> None:
     if current is None and not (set(inspect(engine).get_table_names()) & set(models.metadata.tables)):
         upgrade(engine)
         return
-    script = ScriptDirectory(str(ALEMBIC_DIR))
-    known = {rev.revision for rev in script.walk_revisions()}
-    if current is not None and current not in known:
+    if current is not None and current not in known_revisions():
         raise CobaltError(
             f"the database is at revision {current}, which this version of Cobalt does not know"
         )

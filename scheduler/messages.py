@@ -47,6 +47,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,8 @@ import jinja2
 from scheduler.errors import CobaltError
 from scheduler.technique import APPROVED_SITES, injection_note
 
-DEFAULT_TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+# Shipped inside the package (the checkout's top-level `templates` links here).
+DEFAULT_TEMPLATES_DIR = Path(str(files("scheduler") / "templates"))
 
 PATIENT_KINDS = ("dose-reminder", "lab-reminder")
 CLINIC_KINDS = ("overdue", "digest", "alert")

@@ -29,7 +29,7 @@ def tables(engine: Engine) -> set[str]:
 
 
 def revisions_oldest_first() -> list[str]:
-    script = ScriptDirectory(str(db.ALEMBIC_DIR))
+    script = ScriptDirectory(str(db.MIGRATIONS_DIR))
     return [rev.revision for rev in reversed(list(script.walk_revisions()))]
 
 
@@ -86,3 +86,9 @@ def test_a_fresh_database_is_migrated_on_first_use_and_one_behind_is_refused(emp
         db.ensure_schema(empty_engine)
     db.upgrade(empty_engine)
     db.ensure_schema(empty_engine)
+
+
+def test_the_head_read_from_the_migration_files_is_alembics_head() -> None:
+    script = ScriptDirectory(str(db.MIGRATIONS_DIR))
+    assert db.head_revision() == script.get_current_head()
+    assert set(db.known_revisions()) == {rev.revision for rev in script.walk_revisions()}

@@ -199,7 +199,7 @@ def test_an_unknown_kind_is_refused(templates: Templates) -> None:
 
 
 def test_the_default_templates_folder_is_the_repositorys(templates: Templates) -> None:
-    assert Path(__file__).resolve().parent.parent / "templates" == DEFAULT_TEMPLATES_DIR
+    assert (Path(__file__).resolve().parent.parent / "templates").resolve() == DEFAULT_TEMPLATES_DIR.resolve()
     assert templates.path == DEFAULT_TEMPLATES_DIR
     for kind in KINDS:
         for part in ("subject.txt", "body.txt", "body.html"):
