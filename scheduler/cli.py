@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import importlib
 import json
 import logging
 import os
@@ -27,6 +28,11 @@ if TYPE_CHECKING:
 
     from scheduler import service
     from scheduler.config import Settings
+
+
+# Modules that add commands of their own: each has ``register(add)``, where ``add``
+# is build_parser's helper below, and imports only the standard library at its top.
+FEATURES: tuple[str, ...] = ()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -458,6 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("alerts", cmd_alerts, "open safety alerts, most urgent first", json_flag=True)
     p = add("ack", cmd_ack, "acknowledge (close) an open alert", mrn=True)
     p.add_argument("code")
+    for feature in FEATURES:
+        importlib.import_module(feature).register(add)
     return parser
 
 
