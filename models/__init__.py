@@ -38,6 +38,7 @@ class PatientBase(SQLModel):
     mrn: str = Field(max_length=64, unique=True, index=True)
     name: str = Field(max_length=200)
     email: str | None = Field(default=None, max_length=320)
+    phone: str | None = Field(default=None, max_length=40)  # for the clinic's "to telephone" list
     neuro: bool = False
     renal_impairment: bool = False
     on_folic_acid: bool = False

@@ -180,7 +180,7 @@ def cmd_enroll(app: App) -> None:
             session, app.context(), mrn=a.mrn, name=a.name, email=a.email, protocol=a.protocol,
             start=a.start, neuro=a.neuro, renal_impairment=a.renal_impairment, egfr=a.egfr,
             platelets=a.platelets, hb=a.hb, maintenance_months=a.maintenance_months,
-            on_folic_acid=a.on_folic_acid,
+            on_folic_acid=a.on_folic_acid, phone=a.phone,
         )
         record = load_record(session, patient)
         data = _schedule_json(record)
@@ -197,12 +197,13 @@ def _schedule_json(record: Any) -> dict[str, Any]:
     current = regimens[-1]
     return {
         "patient": {
-            "mrn": p.mrn, "name": p.name, "email": p.email, "protocol": current.protocol,
+            "mrn": p.mrn, "name": p.name, "email": p.email, "phone": p.phone, "protocol": current.protocol,
             "start": regimens[0].start.isoformat(), "protocol_start": current.start.isoformat(),
             "maintenance_months": current.maintenance_months, "neuro": p.neuro,
             "renal_impairment": p.renal_impairment, "on_folic_acid": p.on_folic_acid,
             "pernicious": p.pernicious, "opted_out": p.opted_out, "status": p.status,
             "discharged_on": p.discharged_on.isoformat() if p.discharged_on else None,
+            "discharge_reason": p.discharge_reason,
             "regimens": [{"protocol": r.protocol, "start": r.start.isoformat(),
                           "maintenance_months": r.maintenance_months} for r in regimens],
         },
@@ -426,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mrn", required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--email")
+    p.add_argument("--phone", help="a telephone number, for the clinic's \"to telephone\" list")
     p.add_argument("--protocol", help="hydroxo-neuro (default with --neuro), hydroxo (default), cyano")
     p.add_argument("--start", type=_date, help="the planned start (default today)")
     p.add_argument("--neuro", action="store_true", help="neurological symptoms")

@@ -8,6 +8,7 @@ here reads the clock.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -85,11 +86,25 @@ def _open(session: Session, ctx: Context, mrn: str, on: date | None, what: str
 # -- enrolment -------------------------------------------------------------------
 
 
+_PHONE = re.compile(r"\+?[0-9][0-9 ()./-]{2,38}")
+
+
+def check_phone(phone: str | None, flag: str = "--phone") -> str | None:
+    """A telephone number as a nurse would dial it: digits, spaces, ``+ ( ) . / -``."""
+    if phone is None or not phone.strip():
+        return None
+    phone = phone.strip()
+    if not _PHONE.fullmatch(phone) or sum(c.isdigit() for c in phone) < 3:
+        raise BadInput(f"{flag} {phone!r} is not a telephone number (digits, spaces, + ( ) - allowed)")
+    return phone
+
+
 def enroll(
     session: Session, ctx: Context, *, mrn: str, name: str, email: str | None = None,
     protocol: str | None = None, start: date | None = None, neuro: bool = False,
     renal_impairment: bool = False, egfr: float | None = None, platelets: float | None = None,
     hb: float | None = None, maintenance_months: int | None = None, on_folic_acid: bool = False,
+    phone: str | None = None,
 ) -> Patient:
     mrn, name = mrn.strip(), name.strip()
     if not mrn:
@@ -110,6 +125,7 @@ def enroll(
     months = check_maintenance_months(
         chosen, maintenance_months if maintenance_months is not None else chosen.default_maintenance_months
     )
+    phone = check_phone(phone)
     start = start or ctx.today
     if start > ctx.today + timedelta(days=START_AT_MOST_DAYS_AHEAD):
         raise BadInput(f"--start {start.isoformat()} is more than a year ahead: check the year")
@@ -124,7 +140,7 @@ def enroll(
         raise BadInput(f"a patient with MRN {mrn!r} is already enrolled")
 
     patient = Patient(
-        mrn=mrn, name=name, email=email or None, neuro=neuro,
+        mrn=mrn, name=name, email=email or None, phone=phone, neuro=neuro,
         renal_impairment=renal_impairment, on_folic_acid=on_folic_acid,
     )
     session.add(patient)

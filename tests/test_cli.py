@@ -708,3 +708,12 @@ def test_a_failing_pass_says_one_line_through_the_real_console_script(clinic):
     result = clinic.exe("tick", "--now", "2026-03-01T09:00")
     assert result.code == 1
     assert len(result.err.splitlines()) == 1 and "Traceback" not in result.err
+
+
+def test_enroll_keeps_a_phone_number_and_refuses_one_that_is_not(cli: Clinic) -> None:
+    enroll(cli, "T1", "--phone", "+44 (0)20 7946-0000")
+    assert schedule(cli, "T1")["patient"]["phone"] == "+44 (0)20 7946-0000"
+    before = database_rows(cli.database_url)
+    result = cli.cobalt("enroll", "--mrn", "T2", "--name", "Tee", "--phone", "call me")
+    assert result.code == 2 and "--phone" in result.err and len(result.err.splitlines()) == 1
+    assert database_rows(cli.database_url) == before
