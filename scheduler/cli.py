@@ -7,10 +7,7 @@ line on stderr: exit status 2 for bad input (nothing was changed), 1 otherwise.
 from __future__ import annotations
 
 import argparse
-import getpass
 import importlib
-import json
-import logging
 import os
 import re
 import sys
@@ -107,6 +104,8 @@ class App:
 
     def out(self, data: Any, text: str | Callable[[], str]) -> None:
         if getattr(self.args, "json", False):
+            import json
+
             print(json.dumps(data, indent=2, default=str))
         else:
             print(text() if callable(text) else text)
@@ -114,6 +113,8 @@ class App:
 
 def _os_user() -> str:
     try:
+        import getpass
+
         return getpass.getuser()
     except Exception:
         return "unknown"
@@ -474,10 +475,12 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: Sequence[str] | None = None) -> int:
     app: App | None = None
     # Commands speak through their output and one error line; the log is for `cobalt run`.
-    for name in ("cobalt", "scheduler"):
-        logging.getLogger(name).addHandler(logging.NullHandler())
     try:
         args = build_parser().parse_args(argv)
+        import logging
+
+        for name in ("cobalt", "scheduler"):
+            logging.getLogger(name).addHandler(logging.NullHandler())
         from scheduler.config import load_settings
 
         settings = load_settings()
