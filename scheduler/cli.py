@@ -109,7 +109,10 @@ class App:
         from scheduler.alerts import AlertPolicy
 
         self.today = now.astimezone(settings.clinic.tz).date()
-        self.actor = (getattr(args, "by", None) or _os_user())[:64]
+        by = getattr(args, "by", None)
+        if by is not None and (not by.isprintable() or len(by) > 64):
+            raise BadInput("--by must be a name of at most 64 characters, with no control characters")
+        self.actor = (by or _os_user())[:64]
         self.policy = AlertPolicy.from_mapping(settings.alerts)  # a bad threshold: exit 2 at start
         self._engine: Engine | None = None
 
