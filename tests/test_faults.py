@@ -422,3 +422,26 @@ def test_a_slow_sender_keeps_its_lease_while_it_works(mailing: Clinic, smtp: Smt
     assert other.sent == 0
     assert reports[0].sent == 5
     assert collections.Counter(m.message["Message-ID"] for m in smtp.messages).most_common(1)[0][1] == 1
+
+
+def test_the_delivery_job_of_a_surviving_process_sends_a_dead_senders_rows_once_its_lease_ends(
+        mailing: Clinic, smtp: SmtpSink) -> None:
+    from scheduler.runner import scheduled_delivery
+
+    settings = load_settings()
+    engine = db.make_engine(settings.database_url)
+    now = datetime.now(UTC)
+    with Session(engine) as session:
+        for n, lease_end in enumerate([now - timedelta(seconds=1), now + timedelta(seconds=30)]):
+            session.add(Outbox(dedupe_key=f"alert:{n}", kind="alert", recipient="nurses@clinic.example",
+                               message_id=f"<cobalt.dead{n}@clinic.example>", subject=f"alert {n}",
+                               body_text="text", body_html="<p>html</p>", next_attempt_at=now,
+                               status="sending", claimed_by="dead-sender", claimed_until=lease_end))
+        session.commit()
+    try:
+        scheduled_delivery(engine, settings)  # what `cobalt run` does every claim_seconds
+    finally:
+        engine.dispose()
+    assert [m.message["Message-ID"] for m in smtp.messages] == ["<cobalt.dead0@clinic.example>"]
+    statuses = {m["message_id"]: m["status"] for m in outbox(mailing)}
+    assert statuses == {"<cobalt.dead0@clinic.example>": "sent", "<cobalt.dead1@clinic.example>": "sending"}
