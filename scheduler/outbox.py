@@ -35,7 +35,6 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, exists, func, or_, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from models import Event, LabResult, MailServer, Outbox, Patient
@@ -414,23 +413,19 @@ def _server_state(engine: Engine, name: str) -> MailServer | None:
 
 def _server_down(engine: Engine, settings: Settings, name: str, now: datetime, error: Exception) -> datetime:
     """Count one connection-level failure; returns when the server is tried next."""
+    insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
     with transaction(engine) as session:
+        session.execute(insert(MailServer).values(name=name, failures=0)
+                        .on_conflict_do_nothing(index_elements=["name"]))
         query = select(MailServer).where(MailServer.name == name)
         if engine.dialect.name == "postgresql":
             query = query.with_for_update()
-        state = session.exec(query).first()
-        if state is None:
-            state = MailServer(name=name)
+        state = session.exec(query).one()
         state.failures += 1
         state.down_since = state.down_since or now
         state.next_probe_at = now + server_backoff(settings, state.failures)
         state.last_error = str(error)[:400]
         session.add(state)
-        try:
-            session.flush()
-        except IntegrityError:  # another sender inserted the row first: one failure is enough
-            session.rollback()
-            return now + server_backoff(settings, 1)
         return state.next_probe_at
 
 
