@@ -129,7 +129,7 @@ class SmtpSettings(_Section):
     host: Text = ""
     port: Annotated[int, Field(ge=1, le=65535)] = 25
     username: Text = ""
-    password: str = ""
+    password: str = Field(default="", repr=False)  # never in a repr or a log
     starttls: bool = False
     sender: Email = "clinic@example.org"
     outbox_dir: Annotated[Text, AfterValidator(_not_blank)] = "outbox"
