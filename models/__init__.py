@@ -180,4 +180,21 @@ class Outbox(SQLModel, table=True):
     sent_at: datetime | None = _ts_null()  # type: ignore[assignment]
 
 
+class MailServer(SQLModel, table=True):
+    """What every sender knows about the mail server (SMTP, or the outbox folder).
+
+    A connection-level failure (refused, a timeout, a 421 or 4xx greeting, a
+    refused login) is the server's, not a message's: it is counted here, and no
+    sender tries the server again before ``next_probe_at`` (a back-off with a
+    ceiling of a few minutes). The first pass that reaches it again resets this.
+    """
+
+    __tablename__ = "mail_server"
+    name: str = Field(primary_key=True, max_length=64)
+    failures: int = 0  # connection-level failures in a row
+    down_since: datetime | None = _ts_null()  # type: ignore[assignment]
+    next_probe_at: datetime | None = _ts_null()  # type: ignore[assignment]
+    last_error: str | None = Field(default=None, max_length=400)
+
+
 from models.alert import Alert  # noqa: E402,F401

@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from scheduler import __version__
-from scheduler.errors import BadInput, CobaltError
+from scheduler.errors import BadInput, CobaltError, describe_error
 
 # Only the standard library is imported before a command runs: `cobalt --help`
 # stays fast, and each command loads the libraries it needs (SPEC section 6).
@@ -37,36 +37,62 @@ class _Parser(argparse.ArgumentParser):
         raise BadInput(message)
 
 
+# Sane bounds for dates typed by a person: a treatment start or a record before
+# EARLIEST_DATE, or a pass before EARLIEST_NOW, is a slip of the keyboard.
+EARLIEST_DATE = date(1990, 1, 1)
+EARLIEST_NOW = datetime(2000, 1, 1)
+LATEST_YEAR = 9000  # the plan reaches years ahead of the latest date
+
+
 def _date(text: str) -> date:
     try:
-        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):  # not 20260302 nor 2026-W10-1
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text, flags=re.ASCII):  # not 20260302 nor 2026-W10-1
             raise ValueError(text)
-        return date.fromisoformat(text)
+        value = date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
-
-
-def _datetime(text: str) -> datetime:
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date-time") from None
-    if value.year > 9000:  # the plan reaches years ahead of it
+    if value < EARLIEST_DATE:
+        raise argparse.ArgumentTypeError(f"{text!r} is before {EARLIEST_DATE.year}: check the year")
+    if value.year > LATEST_YEAR:
         raise argparse.ArgumentTypeError(f"{text!r} is too far in the future")
     return value
 
 
-def _number(text: str) -> float:
+def _datetime(text: str) -> datetime:
     try:
-        return float(text)
+        if not text.isascii():
+            raise ValueError(text)
+        value = datetime.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date-time") from None
+    if value.replace(tzinfo=None) < EARLIEST_NOW:
+        raise argparse.ArgumentTypeError(f"{text!r} is before {EARLIEST_NOW.year}: check the year")
+    if value.year > LATEST_YEAR:
+        raise argparse.ArgumentTypeError(f"{text!r} is too far in the future")
+    return value
+
+
+_DECIMAL = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", flags=re.ASCII)
+_WHOLE = re.compile(r"[+-]?\d+", flags=re.ASCII)
+
+
+def _number(text: str) -> float:
+    """A decimal number in ASCII digits: not ``nan``, ``inf`` nor ``٣٠``."""
+    if not _DECIMAL.fullmatch(text.strip()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+    return float(text)
+
+
+def _whole(text: str) -> int:
+    if not _WHOLE.fullmatch(text.strip()) or len(text.strip()) > 12:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(text)
 
 
 def _months(text: str) -> int:
     try:
-        return int(text)
-    except ValueError:
+        return _whole(text)
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of months") from None
 
 
@@ -80,7 +106,10 @@ class App:
         from scheduler.alerts import AlertPolicy
 
         self.today = now.astimezone(settings.clinic.tz).date()
-        self.actor = (getattr(args, "by", None) or _os_user())[:64]
+        by = getattr(args, "by", None)
+        if by is not None and (not by.isprintable() or len(by) > 64):
+            raise BadInput("--by must be a name of at most 64 characters, with no control characters")
+        self.actor = (by or _os_user())[:64]
         self.policy = AlertPolicy.from_mapping(settings.alerts)  # a bad threshold: exit 2 at start
         self._engine: Engine | None = None
 
@@ -441,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("schedule", cmd_schedule, "a patient's whole timeline", json_flag=True, mrn=True)
     p = add("due", cmd_due, "the worklist: planned events due (and overdue)", json_flag=True, on=True)
-    p.add_argument("--days", type=int, default=0, help="also what is due within N days after")
+    p.add_argument("--days", type=_whole, default=0, help="also what is due within N days after")
     add("give", cmd_give, "record the next planned dose as given", json_flag=True, mrn=True, on=True)
     p = add("lab", cmd_lab, "record lab results", json_flag=True, mrn=True, on=True)
     p.add_argument("--order", help="the lab order label to complete (e.g. 3-month)")
@@ -496,8 +525,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if not _is_database_error(exc):
             raise
-        print(f"cobalt: database error: {str(exc.orig if hasattr(exc, 'orig') else exc).splitlines()[0]}",
-              file=sys.stderr)
+        print(f"cobalt: {describe_error(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -50,6 +50,8 @@ def make_engine(url: str, **kw: Any) -> Engine:
         parsed = make_url(url)
     except Exception:
         raise ConfigError(f"database_url {url!r} is not a database URL") from None
+    # Bound values (names, addresses, message bodies) never reach an error text or a log.
+    kw.setdefault("hide_parameters", True)
     if parsed.get_backend_name() == "sqlite":
         engine = create_engine(url, connect_args={"timeout": 60}, **kw)
         _sqlite_pragmas(engine)
@@ -143,24 +145,42 @@ def current_revision(engine: Engine) -> str | None:
 
 @contextmanager
 def _migration_lock(engine: Engine) -> Iterator[None]:
-    if engine.dialect.name != "postgresql":
+    """One migration at a time: an advisory lock on PostgreSQL, a file lock beside
+    the database file on SQLite (several commands may start at once on a new file)."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK})
+                conn.commit()
+        return
+    database = engine.url.database or ""
+    if engine.dialect.name != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
         yield
         return
-    with engine.connect() as conn:
-        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK})
-        conn.commit()
+    lock_path = Path(database).with_name(Path(database).name + ".migration-lock")
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not a POSIX system: no file lock to take
+        yield
+        return
+    with open(lock_path, "a+b") as lock_file:
+        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
         try:
             yield
         finally:
-            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK})
-            conn.commit()
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    from alembic import command
-
+    """``cobalt db upgrade``: refuses a database of another application, like first use."""
     with _migration_lock(engine):
-        command.upgrade(alembic_config(engine), revision)
+        if current_revision(engine) is None:
+            _refuse_foreign(engine)
+        command_upgrade(engine, revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
@@ -170,19 +190,46 @@ def downgrade(engine: Engine, revision: str) -> None:
         command.downgrade(alembic_config(engine), revision)
 
 
+def _refuse_foreign(engine: Engine) -> None:
+    """A database with tables but no Cobalt revision holds another application's
+    data: Cobalt never migrates into it."""
+    found = sorted(set(inspect(engine).get_table_names()) - {"alembic_version"})
+    if found:
+        raise CobaltError(
+            f"the database has tables ({', '.join(found[:3])}{', ...' if len(found) > 3 else ''}) "
+            "but no Cobalt schema revision: it is not a Cobalt database; check database_url"
+        )
+
+
 def ensure_schema(engine: Engine) -> None:
-    """Migrate a brand-new database; refuse one that is behind the newest migration."""
-    current = current_revision(engine)
-    if current == head_revision():
+    """Migrate a brand-new, empty database; refuse one that is behind the newest
+    migration, and one that has tables but no Cobalt revision (another
+    application's database is never migrated into).
+
+    The first-use migration runs under the migration lock, and what to do is
+    decided again once the lock is held: several commands may start at once.
+    """
+    if current_revision(engine) == head_revision():
         return
-    if current is None and not (set(inspect(engine).get_table_names()) & set(models.metadata.tables)):
-        upgrade(engine)
-        return
-    if current is not None and current not in known_revisions():
+    with _migration_lock(engine):
+        current = current_revision(engine)
+        if current == head_revision():
+            return
+        if current is None:
+            _refuse_foreign(engine)
+            command_upgrade(engine)
+            return
+    if current not in known_revisions():
         raise CobaltError(
             f"the database is at revision {current}, which this version of Cobalt does not know"
         )
     raise SchemaOutOfDate(
-        f"the database schema is at {current or 'no revision'}, behind {head_revision()}: "
-        "run `cobalt db upgrade`"
+        f"the database schema is at {current}, behind {head_revision()}: run `cobalt db upgrade`"
     )
+
+
+def command_upgrade(engine: Engine, revision: str = "head") -> None:
+    """Alembic's upgrade, for a caller that holds the migration lock."""
+    from alembic import command
+
+    command.upgrade(alembic_config(engine), revision)

@@ -23,3 +23,24 @@ class ConfigError(BadInput):
 
 class SchemaOutOfDate(CobaltError):
     """The database is behind the newest migration: run ``cobalt db upgrade``."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line about an unexpected error that carries no patient data.
+
+    A database error's text can hold the values of the statement (SQLAlchemy's
+    ``[parameters: ...]``, hidden by the engines' ``hide_parameters``) and the
+    driver's detail lines (PostgreSQL's ``DETAIL: Failing row contains (...)``):
+    only the first line of the driver's own message is kept, with its error
+    code. Other errors are named by their type and first line.
+    """
+    orig = getattr(exc, "orig", None)
+    if orig is not None:  # a SQLAlchemy DBAPIError: the driver's exception
+        code = getattr(orig, "sqlstate", None) or getattr(orig, "sqlite_errorname", None)
+        first = (str(orig).strip().splitlines() or [""])[0]
+        return f"database error ({type(orig).__name__}{', ' + code if code else ''}): {first}"
+    if type(exc).__module__.startswith("sqlalchemy"):
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return f"database error ({type(exc).__name__}): {first}"
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

@@ -1,13 +1,19 @@
 """Deliver rendered messages: by SMTP, or as ``.eml`` files in an outbox folder.
 
 Rendering is ``scheduler.messages``' job; a mailer only sends what it is given.
-Every failure is one of two exceptions, so the caller knows whether to retry:
+Every failure is one of three exceptions, so the caller knows whose fault it
+is and whether to retry:
 
-- ``TemporarySendError``: try again later (no connection, a timeout, a 4xx
-  reply, a dropped connection, or a problem with the connection itself, such
-  as a refused login, that says nothing about this message);
+- ``ServerUnavailable`` (a ``TemporarySendError``): the server, not the
+  message: no connection, a timeout, a dropped connection, a 421 (the server
+  is closing), a 4xx greeting, a refused STARTTLS or login, an outbox folder
+  that cannot be written. It says nothing about any one message: the caller
+  keeps the message as it was and tries the server again later;
+- ``TemporarySendError``: the server answered this message with a 4xx (RCPT
+  TO, DATA): try it again later;
 - ``PermanentSendError``: the server refused this message for good (a 5xx
-  reply to MAIL FROM, RCPT TO or DATA); retrying will not help.
+  reply to MAIL FROM, RCPT TO or DATA), or the message cannot be built (an
+  address the email library cannot put in a header); retrying will not help.
 
 Log lines name only the Message-ID and the kind: never an address, a name or a
 subject, which can identify a patient. Exception texts may carry the server's
@@ -42,6 +48,22 @@ class TemporarySendError(CobaltError):
 
 class PermanentSendError(CobaltError):
     """The server refused the message for good; sending it again will not help."""
+
+
+class ServerUnavailable(TemporarySendError):
+    """The server cannot be reached or will not talk now: no fault of the message."""
+
+
+def build(message: Message, sender: str) -> EmailMessage:
+    """``to_email``, with any failure of the email library (a malformed address
+    that slipped in before addresses were checked) as a ``PermanentSendError``
+    whose text names no address."""
+    try:
+        mail = to_email(message, sender)
+        mail.as_bytes()  # some header problems only show when the message is written
+    except Exception as exc:
+        raise PermanentSendError(f"cannot build the message ({type(exc).__name__}): check the address") from exc
+    return mail
 
 
 def to_email(message: Message, sender: str, *, date: datetime | None = None) -> EmailMessage:
@@ -107,7 +129,7 @@ class SmtpMailer:
         try:
             connection = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
         except (smtplib.SMTPException, OSError) as exc:
-            raise TemporarySendError(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
+            raise ServerUnavailable(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
         try:
             connection.ehlo()
             if self.starttls:
@@ -118,7 +140,7 @@ class SmtpMailer:
         except (smtplib.SMTPException, OSError) as exc:
             _close_quietly(connection)
             # Connection-level trouble says nothing about any one message.
-            raise TemporarySendError(
+            raise ServerUnavailable(
                 f"SMTP session with {self.host}:{self.port} failed: {exc}"
             ) from exc
         return connection
@@ -132,7 +154,7 @@ class SmtpSession:
         self._connection: smtplib.SMTP | None = None
 
     def send(self, message: Message) -> None:
-        mail = to_email(message, self._mailer.sender)
+        mail = build(message, self._mailer.sender)
         error: TemporarySendError | PermanentSendError
         cause: BaseException | None = None
         try:
@@ -152,7 +174,7 @@ class SmtpSession:
             # The message needs an extension (SMTPUTF8) this server lacks.
             error, cause = PermanentSendError(f"server cannot take this message: {exc}"), exc
         except (smtplib.SMTPException, OSError) as exc:
-            error = TemporarySendError(f"SMTP connection failed: {type(exc).__name__}: {exc}")
+            error = ServerUnavailable(f"SMTP connection failed: {type(exc).__name__}: {exc}")
             cause = exc
         else:
             if refused:  # some recipients refused; we only ever send to one
@@ -167,7 +189,8 @@ class SmtpSession:
             self._discard()
         log.warning(
             "%s failure sending %s (%s)",
-            "temporary" if isinstance(error, TemporarySendError) else "permanent",
+            "server" if isinstance(error, ServerUnavailable)
+            else "temporary" if isinstance(error, TemporarySendError) else "permanent",
             message.message_id,
             message.kind,
         )
@@ -208,6 +231,8 @@ def _reply_error(
     detail = f"SMTP {code} on {stage}: {text}"
     if 500 <= code < 600:
         return PermanentSendError(detail)
+    if code == 421 or not 400 <= code < 500:  # 421: the server is closing the channel
+        return ServerUnavailable(detail)
     return TemporarySendError(detail)
 
 
@@ -231,7 +256,7 @@ class FileMailer:
 
     def send(self, message: Message) -> None:
         target = self.path_for(message)
-        data = to_email(message, self.sender).as_bytes()
+        data = build(message, self.sender).as_bytes()
         try:
             self.outbox_dir.mkdir(parents=True, exist_ok=True)
             fd, temp_name = tempfile.mkstemp(dir=self.outbox_dir, prefix=".", suffix=".tmp")
@@ -247,7 +272,7 @@ class FileMailer:
                 raise
         except OSError as exc:
             log.warning("cannot write %s (%s) to the outbox", message.message_id, message.kind)
-            raise TemporarySendError(f"cannot write to {self.outbox_dir}: {exc}") from exc
+            raise ServerUnavailable(f"cannot write to {self.outbox_dir}: {exc}") from exc
         log.info("wrote %s (%s) to the outbox", message.message_id, message.kind)
 
 

@@ -7,8 +7,9 @@ is queued at most once per (event, kind, recipient) whatever runs at the same
 time. Delivery claims rows with one conditional UPDATE (``FOR UPDATE SKIP
 LOCKED`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` serialises it), sends,
 and marks each row sent in its own transaction: a crash can repeat at most the
-message in flight, never lose one. A claim expires, so a dead sender's rows
-are taken over.
+message in flight, never lose one. A claim is a short lease that the sender
+renews while it works, so a dead sender's rows are taken over within
+``claim_seconds`` (docs/faults.md).
 
 What counts as still useful after downtime (SPEC section 4):
 
@@ -24,20 +25,29 @@ What counts as still useful after downtime (SPEC section 4):
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from time import monotonic
 from typing import Any
 
 from sqlalchemy import Engine, and_, exists, func, or_, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
-from models import Event, LabResult, Outbox, Patient
+from models import Event, LabResult, MailServer, Outbox, Patient
 from scheduler.config import Settings
 from scheduler.db import chunked, transaction
-from scheduler.mailer import FileMailer, Mailer, PermanentSendError, SmtpMailer, TemporarySendError
+from scheduler.mailer import (
+    FileMailer,
+    Mailer,
+    PermanentSendError,
+    ServerUnavailable,
+    SmtpMailer,
+    TemporarySendError,
+)
 from scheduler.messages import PATIENT_KINDS, Message, Templates, make_message_id
 from scheduler.safety import list_open_alerts, mark_notified, pending_urgent_alerts
 
@@ -362,26 +372,82 @@ def queue_due_messages(engine: Engine, settings: Settings, now: datetime,
 # -- delivery ------------------------------------------------------------------------
 
 
+# The server back-off's ceiling: while the server is down, a sender tries it again
+# at most this long after the last failure (docs/faults.md).
+SERVER_PROBE_CEILING = timedelta(minutes=5)
+
+
 @dataclass
 class Delivery:
     sent: int = 0
     skipped: int = 0
     retried: int = 0
     failed: int = 0
+    server_down: bool = False  # the mail server could not be reached (or is in its back-off)
 
 
 def backoff(settings: Settings, attempts: int) -> timedelta:
-    """base * 2**(attempts - 1), capped at a day."""
+    """A message's own back-off after a 4xx answer to it: base * 2**(attempts - 1),
+    capped at a day."""
     delay = timedelta(seconds=settings.scheduler.retry_base_seconds * 2 ** max(attempts - 1, 0))
     return min(delay, MAX_BACKOFF)
 
 
-def _claim(engine: Engine, settings: Settings, now: datetime, token: str) -> list[Outbox]:
-    """Claim up to a batch of sendable rows with one conditional UPDATE."""
-    ready = or_(
+def server_backoff(settings: Settings, failures: int) -> timedelta:
+    """How long senders leave the server alone after ``failures`` connection-level
+    failures in a row: base * 2**(failures - 1), capped at ``SERVER_PROBE_CEILING``."""
+    seconds = settings.scheduler.retry_base_seconds * 2 ** min(max(failures - 1, 0), 20)
+    return min(timedelta(seconds=seconds), SERVER_PROBE_CEILING)
+
+
+def server_name(settings: Settings) -> str:
+    """The key of the mail server's row in ``mail_server``."""
+    smtp = settings.smtp
+    return (f"smtp:{smtp.host}:{smtp.port}" if smtp.host else "outbox-folder")[:64]
+
+
+def _server_state(engine: Engine, name: str) -> MailServer | None:
+    with transaction(engine) as session:
+        return session.get(MailServer, name)
+
+
+def _server_down(engine: Engine, settings: Settings, name: str, now: datetime, error: Exception) -> datetime:
+    """Count one connection-level failure; returns when the server is tried next."""
+    insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+    with transaction(engine) as session:
+        session.execute(insert(MailServer).values(name=name, failures=0)
+                        .on_conflict_do_nothing(index_elements=["name"]))
+        query = select(MailServer).where(MailServer.name == name)
+        if engine.dialect.name == "postgresql":
+            query = query.with_for_update()
+        state = session.exec(query).one()
+        state.failures += 1
+        state.down_since = state.down_since or now
+        state.next_probe_at = now + server_backoff(settings, state.failures)
+        state.last_error = str(error)[:400]
+        session.add(state)
+        return state.next_probe_at
+
+
+def _server_up(engine: Engine, name: str) -> None:
+    with transaction(engine) as session:
+        session.execute(
+            update(MailServer).where(col(MailServer.name) == name, col(MailServer.failures) > 0)
+            .values(failures=0, down_since=None, next_probe_at=None, last_error=None)
+        )
+
+
+def _ready(now: datetime) -> Any:
+    return or_(
         and_(col(Outbox.status) == "queued", col(Outbox.next_attempt_at) <= now),
         and_(col(Outbox.status) == "sending", col(Outbox.claimed_until) < now),
     )
+
+
+def _claim(engine: Engine, settings: Settings, now: datetime, token: str, lease_until: datetime) -> list[Outbox]:
+    """Claim up to a batch of sendable rows with one conditional UPDATE: a lease
+    until ``lease_until``, which the sender renews while it works."""
+    ready = _ready(now)
     with transaction(engine) as session:
         pick = select(Outbox.id).where(ready).order_by(col(Outbox.id)).limit(settings.scheduler.batch_size)
         if engine.dialect.name == "postgresql":
@@ -392,13 +458,55 @@ def _claim(engine: Engine, settings: Settings, now: datetime, token: str) -> lis
         session.execute(
             update(Outbox)
             .where(col(Outbox.id).in_(ids), ready)
-            .values(status="sending", claimed_by=token,
-                    claimed_until=now + timedelta(seconds=settings.scheduler.claim_seconds))
+            .values(status="sending", claimed_by=token, claimed_until=lease_until)
         )
         return list(session.exec(
             select(Outbox).where(Outbox.claimed_by == token, Outbox.status == "sending")
             .order_by(col(Outbox.id))
         ))
+
+
+class _Lease:
+    """Renews a sender's claims while it works, from a thread of its own, so a
+    send that blocks (a slow server, a timeout) never lets the lease lapse; a
+    dead sender stops renewing and its rows are taken over when the lease ends.
+
+    The lease is measured from the pass's ``now`` plus the real time elapsed since
+    the pass began (``time.monotonic``): the clock is still read once."""
+
+    def __init__(self, engine: Engine, settings: Settings, now: datetime, token: str) -> None:
+        self.engine = engine
+        self.now = now
+        self.token = token
+        self.seconds = settings.scheduler.claim_seconds
+        self.started = monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def until(self) -> datetime:
+        return self.now + timedelta(seconds=monotonic() - self.started + self.seconds)
+
+    def __enter__(self) -> _Lease:
+        self._thread = threading.Thread(target=self._renew, name="cobalt-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.seconds / 3):
+            try:
+                with transaction(self.engine) as session:
+                    session.execute(
+                        update(Outbox)
+                        .where(col(Outbox.claimed_by) == self.token, col(Outbox.status) == "sending")
+                        .values(claimed_until=self.until())
+                    )
+            except Exception as exc:  # the next renewal tries again; the lease may lapse
+                log.warning("could not renew the outbox lease (%s)", type(exc).__name__)
 
 
 def _stale_reason(row: Outbox, now: datetime, events: dict[int, Event],
@@ -429,66 +537,112 @@ def _finish(engine: Engine, row: Outbox, token: str, **values: Any) -> None:
         )
 
 
+def _release(engine: Engine, rows: Sequence[Outbox], token: str) -> int:
+    """Give rows back untouched (the server is down): their attempts and their
+    next attempt stay as they were, so they go out as soon as the server answers."""
+    with transaction(engine) as session:
+        result = session.execute(
+            update(Outbox)
+            .where(col(Outbox.id).in_([r.id for r in rows]), col(Outbox.claimed_by) == token,
+                   col(Outbox.status) == "sending")
+            .values(status="queued", claimed_by=None, claimed_until=None)
+        )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def _as_message(row: Outbox) -> Message:
     return Message(kind=row.kind, to=row.recipient, subject=row.subject, text=row.body_text,
                    html=row.body_html, message_id=row.message_id)
 
 
+def _deliver_one(engine: Engine, settings: Settings, now: datetime, token: str, sender: Any, row: Outbox,
+                 events: dict[int, Event], patients: dict[int, Patient], report: Delivery) -> bool:
+    """Send one row and record what became of it; returns whether the server
+    answered. ``ServerUnavailable`` goes up to the caller untouched."""
+    reason = _stale_reason(row, now, events, patients)
+    if reason:
+        _finish(engine, row, token, status="skipped", last_error=f"not sent: {reason}")
+        report.skipped += 1
+        return False
+    attempts = row.attempts + 1
+    try:
+        sender.send(_as_message(row))
+    except ServerUnavailable:
+        raise
+    except TemporarySendError as exc:  # this message's own 4xx answer
+        if attempts >= settings.scheduler.max_attempts:
+            _finish(engine, row, token, status="failed", attempts=attempts, last_error=str(exc)[:400])
+            report.failed += 1
+        else:
+            _finish(engine, row, token, status="queued", attempts=attempts,
+                    next_attempt_at=now + backoff(settings, attempts), last_error=str(exc)[:400])
+            report.retried += 1
+        log.warning("temporary failure sending outbox row %s (%s); retrying later", row.id, row.kind)
+        return True
+    except PermanentSendError as exc:
+        _finish(engine, row, token, status="failed", attempts=attempts, last_error=str(exc)[:400])
+        report.failed += 1
+        log.warning("permanent failure sending outbox row %s (%s)", row.id, row.kind)
+        return True
+    _finish(engine, row, token, status="sent", attempts=attempts, sent_at=now, last_error=None)
+    report.sent += 1
+    return True
+
+
 def deliver(engine: Engine, settings: Settings, now: datetime, mailer: Mailer | None = None,
             max_batches: int | None = None) -> Delivery:
-    """Send what is queued and due; retry temporary failures with back-off."""
+    """Send what is queued and due.
+
+    Each row is on its own: whatever one message raises (building it, sending
+    it, deciding it is stale) fails or retries that row alone, with its reason,
+    and the batch goes on. A connection-level failure is the server's: the rows
+    are given back untouched, the server is left alone for a back-off (at most
+    ``SERVER_PROBE_CEILING``), and the first pass that reaches it again sends
+    the whole queue that is still useful.
+    """
     mailer = mailer or make_mailer(settings)
-    token = uuid.uuid4().hex[:16]
     report = Delivery()
+    server = server_name(settings)
+    state = _server_state(engine, server)
+    if state is not None and state.next_probe_at is not None and now < state.next_probe_at:
+        report.server_down = True
+        return report
+    token = uuid.uuid4().hex[:16]
+    answered = False
     batches = 0
-    while max_batches is None or batches < max_batches:
-        batches += 1
-        rows = _claim(engine, settings, now, token)
-        if not rows:
-            break
-        with transaction(engine) as session:
-            event_ids = [r.event_id for r in rows if r.event_id is not None]
-            patient_ids = [r.patient_id for r in rows if r.patient_id is not None]
-            events = {e.id: e for e in session.exec(select(Event).where(col(Event.id).in_(event_ids)))}
-            patients = {p.id: p for p in session.exec(select(Patient).where(col(Patient.id).in_(patient_ids)))}
-        outage = False
-        retry_at = now
-        with mailer.session() as sender:
-            for row in rows:
-                if outage:
-                    _finish(engine, row, token, status="queued", next_attempt_at=retry_at)
-                    continue
-                reason = _stale_reason(row, now, events, patients)  # type: ignore[arg-type]
-                if reason:
-                    _finish(engine, row, token, status="skipped", last_error=f"not sent: {reason}")
-                    report.skipped += 1
-                    continue
-                attempts = row.attempts + 1
-                try:
-                    sender.send(_as_message(row))
-                except TemporarySendError as exc:
-                    retry_at = now + backoff(settings, attempts)
-                    if attempts >= settings.scheduler.max_attempts:
-                        _finish(engine, row, token, status="failed", attempts=attempts,
-                                last_error=str(exc)[:400])
+    lease = _Lease(engine, settings, now, token)
+    with lease:
+        while max_batches is None or batches < max_batches:
+            batches += 1
+            rows = _claim(engine, settings, now, token, lease.until())
+            if not rows:
+                break
+            with transaction(engine) as session:
+                event_ids = [r.event_id for r in rows if r.event_id is not None]
+                patient_ids = [r.patient_id for r in rows if r.patient_id is not None]
+                events = {e.id: e for e in session.exec(select(Event).where(col(Event.id).in_(event_ids)))}
+                patients = {p.id: p for p in session.exec(select(Patient).where(col(Patient.id).in_(patient_ids)))}
+            with mailer.session() as sender:
+                for index, row in enumerate(rows):
+                    try:
+                        answered = _deliver_one(engine, settings, now, token, sender, row,
+                                                events, patients, report) or answered  # type: ignore[arg-type]
+                    except ServerUnavailable as exc:
+                        report.retried += _release(engine, rows[index:], token)
+                        retry_at = _server_down(engine, settings, server, now, exc)
+                        report.server_down = True
+                        log.warning("the mail server is unavailable; %d messages wait, next try at %s",
+                                    len(rows) - index, retry_at.isoformat())
+                        break
+                    except Exception as exc:  # this row alone: anything its message raised
+                        _finish(engine, row, token, status="failed", attempts=row.attempts + 1,
+                                last_error=f"cannot be sent ({type(exc).__name__})")
                         report.failed += 1
-                    else:
-                        _finish(engine, row, token, status="queued", attempts=attempts,
-                                next_attempt_at=retry_at, last_error=str(exc)[:400])
-                        report.retried += 1
-                    log.warning("temporary failure sending %s (%s); retrying later", row.message_id, row.kind)
-                    outage = True
-                except PermanentSendError as exc:
-                    _finish(engine, row, token, status="failed", attempts=attempts,
-                            last_error=str(exc)[:400])
-                    report.failed += 1
-                    log.warning("permanent failure sending %s (%s)", row.message_id, row.kind)
-                else:
-                    _finish(engine, row, token, status="sent", attempts=attempts, sent_at=now,
-                            last_error=None)
-                    report.sent += 1
-        if outage:
-            break
+                        log.error("outbox row %s (%s) failed: %s", row.id, row.kind, type(exc).__name__)
+            if report.server_down:
+                break
+    if answered and state is not None and state.failures > 0:
+        _server_up(engine, server)
     return report
 
 

@@ -34,11 +34,13 @@ class PassReport:
     skipped: int = 0
     retried: int = 0
     failed: int = 0
+    server_down: bool = False
 
     def __str__(self) -> str:
         return (
             f"replanned {self.replanned}, queued {self.queued}, sent {self.sent}, "
             f"skipped {self.skipped}, retried {self.retried}, failed {self.failed}"
+            + ("; the mail server is unavailable: messages wait for it" if self.server_down else "")
         )
 
 
@@ -103,5 +105,6 @@ def run_pass(engine: Engine, settings: Settings, now: datetime, mailer: Mailer |
     delivery = deliver(engine, settings, now, mailer)
     report.sent, report.skipped = delivery.sent, delivery.skipped
     report.retried, report.failed = delivery.retried, delivery.failed
+    report.server_down = delivery.server_down
     log.info("pass: %s", report)
     return report

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import traceback
 from datetime import UTC, datetime
 from types import FrameType
 
@@ -21,6 +22,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
 from scheduler.config import Settings
+from scheduler.errors import describe_error
+from scheduler.outbox import deliver
 from scheduler.passes import run_pass
 
 log = logging.getLogger("cobalt.run")
@@ -30,8 +33,24 @@ def scheduled_pass(engine: Engine, settings: Settings) -> None:
     """The job: read the clock once, run the pass. Errors are logged, never fatal."""
     try:
         run_pass(engine, settings, datetime.now(UTC))
-    except Exception:  # a failed pass is retried by the next one
-        log.exception("the pass failed; the next one will try again")
+    except Exception as exc:  # a failed pass is retried by the next one
+        _log_failure("the pass", exc)
+
+
+def scheduled_delivery(engine: Engine, settings: Settings) -> None:
+    """The job between passes: send what is queued, and take over the rows of a
+    sender that died (its lease has ended) without waiting for the next pass."""
+    try:
+        deliver(engine, settings, datetime.now(UTC))
+    except Exception as exc:
+        _log_failure("delivery", exc)
+
+
+def _log_failure(what: str, exc: Exception) -> None:
+    """The error in one line that names no patient (no bound values, no driver
+    detail), then where it happened: file, line and code, never the values."""
+    where = "".join(traceback.format_tb(exc.__traceback__)).rstrip()
+    log.error("%s failed: %s; the next one will try again\n%s", what, describe_error(exc), where)
 
 
 def build_scheduler(engine: Engine, settings: Settings) -> BlockingScheduler:
@@ -45,6 +64,12 @@ def build_scheduler(engine: Engine, settings: Settings) -> BlockingScheduler:
     scheduler.add_job(
         scheduled_pass, IntervalTrigger(seconds=settings.scheduler.pass_every_seconds, timezone=tz),
         id="pass", name="scheduler pass", next_run_time=datetime.now(tz), **job,
+    )
+    # Delivery alone, as often as a lease lasts: a dead sender's messages go out
+    # within two leases, whatever the pass interval.
+    scheduler.add_job(
+        scheduled_delivery, IntervalTrigger(seconds=settings.scheduler.claim_seconds, timezone=tz),
+        id="delivery", name="delivery between passes", **job,
     )
     send_at = settings.clinic.send_at
     scheduler.add_job(

@@ -29,6 +29,7 @@ from scheduler.store import (
     load_record,
     replan,
 )
+from scheduler.validation import check_email
 
 # Clinic policy: a planned start further ahead than this is taken for a typo.
 START_AT_MOST_DAYS_AHEAD = 366
@@ -115,13 +116,11 @@ def enroll(
         if not printable.isprintable():
             raise BadInput(f"{flag} must not contain control characters (newlines, tabs, ...)")
     if email is not None:
-        email = email.strip()
-        if "@" not in email or " " in email or email.startswith("@") or email.endswith("@"):
-            raise BadInput(f"--email {email!r} is not an email address")
+        email = check_email(email, "--email")
     for option, given, longest in (("--mrn", mrn, 64), ("--name", name, 200), ("--email", email, 320)):
         if given is not None and len(given) > longest:  # the columns' lengths
             raise BadInput(f"{option} is {len(given)} characters long: at most {longest} are allowed")
-    chosen = get_protocol(protocol or ("hydroxo-neuro" if neuro else "hydroxo"))
+    chosen = get_protocol(protocol if protocol is not None else ("hydroxo-neuro" if neuro else "hydroxo"))
     months = check_maintenance_months(
         chosen, maintenance_months if maintenance_months is not None else chosen.default_maintenance_months
     )

@@ -56,7 +56,6 @@ import tracemalloc
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -424,7 +423,8 @@ def step_rollforward(engine: Engine, settings: Settings, now: datetime, meter: M
     with meter.part("UPDATE planned_through"), engine.begin() as conn:
         short = conn.execute(text("UPDATE patient SET planned_through = :d WHERE status = 'active'"),
                              {"d": old}).rowcount
-    uncapped = replace(settings, scheduler=replace(settings.scheduler, replan_per_pass=NO_CAP))
+    uncapped = settings.model_copy(
+        update={"scheduler": settings.scheduler.model_copy(update={"replan_per_pass": NO_CAP})})
     with timed_statements(engine) as statements:
         # One call as a pass makes it: it stops after replan_per_pass plans (the next pass goes on).
         with meter.part("roll-forward, one pass"):

@@ -9,6 +9,7 @@ Switches, settable at any time (also while running):
 
 - ``rcpt_reply`` / ``data_reply``: a full reply line (e.g. ``TEMPORARY`` or
   ``PERMANENT``) given instead of ``250 OK`` to RCPT TO / DATA; None accepts;
+- ``rcpt_replies``: address -> reply line, for those recipients alone;
 - ``delay``: seconds the server waits before answering each DATA (a slow server).
 
 ``connections`` counts the client connections that greeted the server
@@ -64,6 +65,7 @@ class SmtpSink:
         self.host = HOST
         self.port = 0
         self.rcpt_reply = rcpt_reply
+        self.rcpt_replies: dict[str, str] = {}
         self.data_reply = data_reply
         self.delay = delay
         self._lock = threading.Lock()
@@ -170,6 +172,8 @@ class _Handler:
     ) -> str:
         if self.sink.rcpt_reply is not None:
             return self.sink.rcpt_reply
+        if address in self.sink.rcpt_replies:
+            return self.sink.rcpt_replies[address]
         envelope.rcpt_tos.append(address)
         return "250 OK"
 

@@ -36,12 +36,13 @@ def spawn(clinic, *args):
     )
 
 
-def test_run_adds_a_coalescing_pass_and_a_digest_at_send_time_in_the_clinic_zone(clinic):
+def test_run_adds_a_coalescing_pass_a_delivery_every_lease_and_a_digest_at_send_time_in_the_clinic_zone(clinic):
     clinic.configure(timezone="Europe/Berlin")
     settings = clinic.settings()
     scheduler = build_scheduler(None, settings)  # type: ignore[arg-type]
     jobs = {job.id: job for job in scheduler.get_jobs()}
-    assert set(jobs) == {"pass", "digest"}
+    assert set(jobs) == {"pass", "delivery", "digest"}
+    assert jobs["delivery"].trigger.interval.total_seconds() == settings.scheduler.claim_seconds
     for job in jobs.values():
         assert job.coalesce is True
         assert job.max_instances == 1

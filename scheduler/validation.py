@@ -1,0 +1,44 @@
+"""Checks of what comes in from people: one place for each kind of value, called
+by every way in (enrolment, corrections, import, the configuration).
+
+An email address is checked with ``email-validator`` (the library pydantic
+uses), without asking DNS: it must be one bare address (``ann@example.org``),
+with no display name (``Ann <ann@example.org>``), no second address
+(``a@b.c,evil@x.y``), no encoded words (``=?utf-8?q?...?=``), no quoting tricks
+and no control characters (a CR or LF would start a new mail header).
+"""
+
+from __future__ import annotations
+
+from scheduler.errors import BadInput
+
+
+def check_email(value: str, flag: str) -> str:
+    """``value`` as one plain email address (domain normalised), or ``BadInput``
+    naming ``flag`` (``--email``, ``[clinic] email``, a CSV column, ...)."""
+    if not isinstance(value, str):
+        raise BadInput(f"{flag} must be an email address, not {type(value).__name__}")
+    checked, problem = email_problem(value)
+    if problem:
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        raise BadInput(f"{flag} {shown!r} {problem}")
+    return checked
+
+
+def email_problem(value: str) -> tuple[str, str | None]:
+    """(the normalised address, None), or (``value``, what is wrong with it in words)."""
+    from email_validator import EmailNotValidError, validate_email
+
+    if not value.isprintable():
+        return value, "is not an email address: it holds control characters"
+    text = value.strip()
+    if not text:
+        return value, "is not an email address: it is empty"
+    if "=?" in text or '"' in text or "\\" in text:
+        return value, "is not a plain email address (no quoting or encoded words)"
+    try:
+        checked = validate_email(text, check_deliverability=False, allow_quoted_local=False,
+                                 allow_display_name=False, allow_domain_literal=False)
+    except EmailNotValidError as exc:
+        return value, f"is not an email address: {exc}"
+    return str(checked.normalized), None
