@@ -103,7 +103,9 @@ class App:
     def context(self) -> service.Context:
         from scheduler import service
 
-        return service.Context(self.settings.clinic.calendar(), self.today, self.actor, self.policy)
+        clinic = self.settings.clinic
+        early = service.EarlyWindows(clinic.early_days_loading, clinic.early_days_maintenance)
+        return service.Context(clinic.calendar(), self.today, self.actor, self.policy, early)
 
     def out(self, data: Any, text: str | Callable[[], str]) -> None:
         if getattr(self.args, "json", False):
@@ -284,7 +286,7 @@ def cmd_give(app: App) -> None:
     from scheduler.store import event_json
 
     with db.transaction(app.engine) as session:
-        event = service.give(session, app.context(), app.args.mrn, app.args.on)
+        event = service.give(session, app.context(), app.args.mrn, app.args.on, early=app.args.early)
         data = {"mrn": app.args.mrn, "given_on": (app.args.on or app.today).isoformat(),
                 "event": event_json(event)}
     app.out(data, f"{app.args.mrn}: {event.kind} {event.label} {event.seq} given on {data['given_on']}")
@@ -441,7 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("schedule", cmd_schedule, "a patient's whole timeline", json_flag=True, mrn=True)
     p = add("due", cmd_due, "the worklist: planned events due (and overdue)", json_flag=True, on=True)
     p.add_argument("--days", type=int, default=0, help="also what is due within N days after")
-    add("give", cmd_give, "record the next planned dose as given", json_flag=True, mrn=True, on=True)
+    p = add("give", cmd_give, "record the next planned dose as given", json_flag=True, mrn=True, on=True)
+    p.add_argument("--early", action="store_true",
+                   help="the dose is meant to be given this early (beyond the clinic's early window)")
     p = add("lab", cmd_lab, "record lab results", json_flag=True, mrn=True, on=True)
     p.add_argument("--order", help="the lab order label to complete (e.g. 3-month)")
     p.add_argument("--result", action="extend", nargs="+", metavar="CODE=VALUE",

@@ -40,14 +40,26 @@ RENAL_REFUSAL = (
 
 
 @dataclass(frozen=True)
+class EarlyWindows:
+    """Clinic policy ([clinic] early_days_loading, early_days_maintenance): a dose
+    given more than this many days before its due date is taken for a slip of the
+    keyboard unless the nurse says it is meant (``give --early``)."""
+
+    loading: int = 1
+    maintenance: int = 14
+
+
+@dataclass(frozen=True)
 class Context:
     """What every command needs from the edge: the clinic's calendar, the local
-    date (read once), who is acting, and the clinic's alert thresholds."""
+    date (read once), who is acting, the clinic's alert thresholds and its early
+    windows for doses."""
 
     calendar: ClinicCalendar
     today: date
     actor: str
     policy: AlertPolicy = DEFAULT_POLICY
+    early: EarlyWindows = EarlyWindows()
 
 
 def _id(patient: Patient) -> int:
@@ -89,6 +101,32 @@ def _open(session: Session, ctx: Context, mrn: str, on: date | None, what: str
 _PHONE = re.compile(r"\+?[0-9][0-9 ()./-]{2,38}")
 
 
+def check_email(value: str, flag: str = "--email") -> str:
+    """An email address, stripped; anything that is not one is bad input.
+
+    The one check of an address: enrolment and ``edit`` both call it.
+    """
+    email = value.strip()
+    if not email.isprintable():
+        raise BadInput(f"{flag} must not contain control characters (newlines, tabs, ...)")
+    if "@" not in email or " " in email or email.startswith("@") or email.endswith("@"):
+        raise BadInput(f"{flag} {email!r} is not an email address")
+    if len(email) > 320:  # the column's length
+        raise BadInput(f"{flag} is {len(email)} characters long: at most 320 are allowed")
+    return email
+
+
+def check_name(value: str, flag: str = "--name") -> str:
+    name = value.strip()
+    if not name:
+        raise BadInput(f"{flag} must not be empty")
+    if not name.isprintable():
+        raise BadInput(f"{flag} must not contain control characters (newlines, tabs, ...)")
+    if len(name) > 200:  # the column's length
+        raise BadInput(f"{flag} is {len(name)} characters long: at most 200 are allowed")
+    return name
+
+
 def check_phone(phone: str | None, flag: str = "--phone") -> str | None:
     """A telephone number as a nurse would dial it: digits, spaces, ``+ ( ) . / -``."""
     if phone is None or not phone.strip():
@@ -111,16 +149,13 @@ def enroll(
         raise BadInput("--mrn must not be empty")
     if not name:
         raise BadInput("--name must not be empty")
-    for flag, printable in (("--mrn", mrn), ("--name", name), ("--email", email or "")):
-        if not printable.isprintable():
-            raise BadInput(f"{flag} must not contain control characters (newlines, tabs, ...)")
+    if not mrn.isprintable():
+        raise BadInput("--mrn must not contain control characters (newlines, tabs, ...)")
+    if len(mrn) > 64:  # the column's length
+        raise BadInput(f"--mrn is {len(mrn)} characters long: at most 64 are allowed")
+    name = check_name(name)
     if email is not None:
-        email = email.strip()
-        if "@" not in email or " " in email or email.startswith("@") or email.endswith("@"):
-            raise BadInput(f"--email {email!r} is not an email address")
-    for option, given, longest in (("--mrn", mrn, 64), ("--name", name, 200), ("--email", email, 320)):
-        if given is not None and len(given) > longest:  # the columns' lengths
-            raise BadInput(f"{option} is {len(given)} characters long: at most {longest} are allowed")
+        email = check_email(email)
     chosen = get_protocol(protocol or ("hydroxo-neuro" if neuro else "hydroxo"))
     months = check_maintenance_months(
         chosen, maintenance_months if maintenance_months is not None else chosen.default_maintenance_months
@@ -161,20 +196,24 @@ def enroll(
 # -- doses -------------------------------------------------------------------------
 
 
-def give(session: Session, ctx: Context, mrn: str, on: date | None = None) -> Event:
-    """Record the next planned dose of the current regimen as given on ``on``."""
+def give(session: Session, ctx: Context, mrn: str, on: date | None = None, *, early: bool = False) -> Event:
+    """Record the next planned dose of the current regimen as given on ``on``.
+
+    A dose more than the clinic's early window before its due date is refused
+    unless ``early`` says it is meant.
+    """
     on, patient, record, regimen = _open(session, ctx, mrn, on, "a dose")
     if on < regimen.start:
         raise BadInput(
             f"{on.isoformat()} is before the start of {regimen.protocol} on {regimen.start.isoformat()}"
         )
-    for dose in record.doses:
+    for dose in record.doses_in_force:
         if dose.given_on == on:
             raise BadInput(f"a dose was already given to {mrn} on {on.isoformat()}")
-    last = max((d.given_on for d in record.doses), default=None)
+    last = max((d.given_on for d in record.doses_in_force), default=None)
     if last is not None and on < last:
         raise BadInput(f"a dose was given on {last.isoformat()}: a later dose cannot be given before it")
-    decided = [d.on for d in record.decisions
+    decided = [d.on for d in record.decisions_in_force
                if d.kind in (DecisionKind.END_LOADING, DecisionKind.CONFIRM_RESPONSE) and d.on >= regimen.start]
     if decided and on < max(decided):
         raise BadInput(
@@ -190,8 +229,20 @@ def give(session: Session, ctx: Context, mrn: str, on: date | None = None) -> Ev
             )
         raise BadInput(f"no dose is planned for {mrn}")
     event = min(planned, key=lambda e: (e.due, e.seq))
+    window = ctx.early.loading if event.phase == "loading" else ctx.early.maintenance
+    days_early = (event.due - on).days
+    # Given on a closed day the dose was moved off (the weekend before a Monday due
+    # date): the same clinic day, not early.
+    same_clinic_day = ctx.calendar.next_open(on) >= event.due
+    if days_early > window and not same_clinic_day and not early:
+        raise BadInput(
+            f"{event.phase} dose {event.seq} of {mrn} is due on {event.due.isoformat()}: "
+            f"{on.isoformat()} is {days_early} days early (the clinic allows {window}); "
+            f"add --early if it is meant"
+        )
     session.add(Dose(patient_id=_id(patient), event_key=event.key, given_on=on, recorded_by=ctx.actor))
-    audit(session, ctx.actor, "give", patient, event=event.key, given_on=on)
+    audit(session, ctx.actor, "give", patient, event=event.key, given_on=on,
+          **({"early_days": days_early} if days_early > window else {}))
     session.flush()
     replan(session, patient, ctx.calendar, ctx.today, policy=ctx.policy)
     return event
@@ -217,6 +268,10 @@ def record_lab(
     _not_future(ctx, on, "a lab result")
     record = load_record(session, patient)
     open_orders = [e for e in record.events if e.kind == "lab" and e.status == Status.PLANNED]
+
+    def asks(e: Event) -> set[str]:
+        return set(labs.asked_codes(e.tests.split())) & set(codes)
+
     if order is not None:
         named = [e for e in open_orders if e.label == order]
         if not named:
@@ -225,15 +280,25 @@ def record_lab(
                 f"no open lab order {order!r} for {mrn}"
                 + (f": open ones are {', '.join(labels)}" if labels else "")
             )
-        open_orders = named
-    chosen = min(open_orders, key=lambda e: (abs((e.due - on).days), e.due), default=None)
+        candidates = [e for e in named if asks(e)]
+        if not candidates:
+            raise BadInput(
+                f"lab order {order} asks for {', '.join(named[0].tests.split())}, "
+                f"not for {', '.join(codes)}: record these without --order"
+            )
+    else:
+        # Only an order that asks for one of these tests; the nearest, the earlier on a tie.
+        candidates = [e for e in open_orders if asks(e)]
+    chosen = min(candidates, key=lambda e: (abs((e.due - on).days), e.due), default=None)
+    covered = asks(chosen) if chosen else set()
     for code, value, text in parsed:
         session.add(LabResult(
             patient_id=_id(patient), code=code, value=value, text=text,
             unit=labs.CATALOG[code].unit or "", taken_on=on,
-            order_key=chosen.key if chosen else None, recorded_by=ctx.actor,
+            order_key=chosen.key if chosen and code in covered else None, recorded_by=ctx.actor,
         ))
-    audit(session, ctx.actor, "lab", patient, order=chosen.key if chosen else None, on=on, codes=codes)
+    audit(session, ctx.actor, "lab", patient, order=chosen.key if chosen else None, on=on, codes=codes,
+          **({"completes_nothing": sorted(set(codes) - covered)} if set(codes) - covered else {}))
     session.flush()
     record = load_record(session, patient)
     if is_pernicious(record.lab_results()) and not patient.pernicious:
@@ -251,7 +316,7 @@ def _decide(session: Session, ctx: Context, patient: Patient, kind: DecisionKind
             note: str | None = None) -> None:
     session.add(Decision(patient_id=_id(patient), kind=kind.value, on=on, note=note,
                          recorded_by=ctx.actor))
-    audit(session, ctx.actor, kind.value, patient, on=on)
+    audit(session, ctx.actor, kind.value, patient, on=on, **({"reason": note} if note else {}))
     session.flush()
     replan(session, patient, ctx.calendar, ctx.today, policy=ctx.policy)
 
@@ -265,15 +330,24 @@ def _regimen_decision(session: Session, ctx: Context, mrn: str, on: date | None,
         raise BadInput(
             f"{on.isoformat()} is before the start of {regimen.protocol} on {regimen.start.isoformat()}"
         )
-    if any(d.kind == kind.value and d.on >= regimen.start for d in record.decisions):
+    if any(d.kind == kind.value and d.on >= regimen.start for d in record.decisions_in_force):
         raise BadInput(f"{what} was already recorded for {mrn}")
     _not_before_last_dose(record, on, what)
+    if kind == DecisionKind.END_LOADING and not _doses_of(record, regimen):
+        raise BadInput(f"no loading dose of {regimen.protocol} was given to {mrn}: loading cannot end "
+                       "before it began (record the doses given first)")
     return patient
+
+
+def _doses_of(record: PatientRecord, regimen: Regimen) -> list[Dose]:
+    """The doses in force given under ``regimen``."""
+    prefix = f"r{regimen.number}:"
+    return [d for d in record.doses_in_force if d.event_key.startswith(prefix)]
 
 
 def _not_before_last_dose(record: PatientRecord, on: date, what: str) -> None:
     """A decision cannot be dated before a dose that was already given."""
-    last = max((d.given_on for d in record.doses), default=None)
+    last = max((d.given_on for d in record.doses_in_force), default=None)
     if last is not None and on < last:
         raise BadInput(
             f"{what} on {on.isoformat()} is before the last dose given, on {last.isoformat()}"
@@ -299,7 +373,7 @@ def review(session: Session, ctx: Context, mrn: str, on: date | None = None) -> 
     on, patient, record, regimen = _open(session, ctx, mrn, on, "a review")
     if regimen.protocol != "hydroxo-neuro":
         raise BadInput(f"review applies to hydroxo-neuro only; {mrn} is on {regimen.protocol}")
-    if any(d.kind == DecisionKind.END_LOADING.value and d.on >= regimen.start for d in record.decisions):
+    if any(d.kind == DecisionKind.END_LOADING.value and d.on >= regimen.start for d in record.decisions_in_force):
         raise BadInput(f"loading has ended for {mrn}: there is no review to record")
     _decide(session, ctx, patient, DecisionKind.REVIEW, on)
 
