@@ -22,8 +22,10 @@ from models.types import utcnow
 from scheduler import domain
 from scheduler.alerts import DEFAULT_POLICY, AlertPolicy, extra_lab_orders
 from scheduler.clinic_calendar import ClinicCalendar
+from scheduler.db import chunked
 from scheduler.errors import NotFound
 from scheduler.planning import PLAN_AHEAD_MONTHS, add_months, horizon, plan
+from scheduler.protocols import PROTOCOLS
 
 
 def get_patient(session: Session, mrn: str, *, for_update: bool = False) -> Patient:
@@ -222,3 +224,25 @@ def event_json(event: Event) -> dict[str, Any]:
 def sorted_events(events: Iterable[Event]) -> list[Event]:
     order = {"dose": 0, "lab": 1, "review": 2}
     return sorted(events, key=lambda e: (e.due, order.get(e.kind, 9), e.seq, e.id or 0))
+
+
+def regimen_drugs(session: Session, patient_ids: Sequence[int]) -> dict[tuple[int, int], tuple[str, str]]:
+    """(patient id, regimen number) -> (drug, amount): "hydroxocobalamin", "1 mg"."""
+    found: dict[tuple[int, int], tuple[str, str]] = {}
+    for chunk in chunked(list(patient_ids)):
+        query = select(Regimen.patient_id, Regimen.number, Regimen.protocol).where(
+            col(Regimen.patient_id).in_(chunk))
+        for pid, number, protocol in session.exec(query):
+            chosen = PROTOCOLS.get(protocol)
+            if chosen is not None:
+                found[(pid, number)] = (chosen.drug, chosen.dose)
+    return found
+
+
+def drug_of(event: Event, drugs: dict[tuple[int, int], tuple[str, str]]) -> tuple[str | None, str | None]:
+    """A dose's drug and amount, from its regimen (the ``r2`` of ``r2:dose:...``); (None, None) otherwise."""
+    number = event.key.split(":", 1)[0][1:]
+    if event.kind != "dose" or not number.isdigit():
+        return None, None
+    found = drugs.get((event.patient_id, int(number)))
+    return found if found else (None, None)
