@@ -332,8 +332,8 @@ def cmd_lab(app: App) -> None:
             if item["missing"]:
                 said += f", still missing: {', '.join(item['missing'])}"
         if unmatched:
-            said += (f"; no open lab order asks for {', '.join(unmatched)}: "
-                     f"{'they complete' if len(unmatched) > 1 else 'it completes'} no order")
+            said += (f"; {', '.join(unmatched)} {'complete' if len(unmatched) > 1 else 'completes'} nothing: "
+                     "no open lab order asks for it")
         return said
 
     app.out(data, text)

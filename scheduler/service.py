@@ -729,7 +729,7 @@ def move_event(session: Session, ctx: Context, mrn: str, event_id: int, to: date
 def _dose_before(record: PatientRecord, event: Event) -> tuple[str, date] | None:
     """The dose of the same regimen just before ``event`` in the plan, and its date
     (given, or due)."""
-    prefix = event.key.rsplit(":", 2)[0].split(":", 1)[0] + ":dose:"
+    prefix = event.key.split(":", 1)[0] + ":dose:"  # "r1:dose:loading:2" -> "r1:dose:"
 
     def order(e: Event) -> tuple[int, int]:
         return (0 if e.phase == "loading" else 1, e.seq)

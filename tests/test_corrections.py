@@ -370,7 +370,7 @@ def test_end_loading_before_any_loading_dose_is_refused_and_after_one_is_accepte
 def test_a_result_no_open_order_asks_for_is_recorded_and_completes_nothing(cli: Clinic) -> None:
     enroll(cli, "P03")
     out = ok(cli, "lab", "P03", "--on", "2026-03-16", "--result", "egfr=45").out
-    assert "completes no order" in out and "egfr" in out
+    assert "egfr completes nothing: no open lab order asks for it" in out
     data = ok(cli, "lab", "P03", "--on", "2026-03-02", "--result", "folate=3", "--json").json()
     assert data["order"] is None and data["completes_nothing"] == ["folate"]
     assert {e["status"] for e in lab_orders(schedule(cli, "P03")).values()} == {"planned"}
@@ -476,3 +476,29 @@ def test_audit_lists_the_trail_newest_first_for_a_patient_or_everyone_since_a_da
     assert [r["action"] for r in audit(cli, "1001", "--since", "2026-03-20")] == []
     text = ok(cli, "audit", "1001").out
     assert text.splitlines()[0].startswith("2026-03-19") and "nurse.kim" in text
+
+
+def _bodies(clinic: Clinic, kind: str) -> list[str]:
+    from sqlalchemy import select
+
+    from models import Outbox
+    from scheduler import db
+
+    engine = db.make_engine(clinic.database_url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(select(Outbox.body_text).where(Outbox.kind == kind)).scalars())
+    finally:
+        engine.dispose()
+
+
+def test_clinic_messages_name_the_drug_and_amount_and_the_digest_groups_overdue_doses(cli: Clinic) -> None:
+    enroll(cli, "P07", start="2025-03-03")
+    for on in ("2025-03-03", "2025-03-05", "2025-03-07", "2025-03-10", "2025-03-12", "2025-03-14"):
+        ok(cli, "give", "P07", "--on", on)
+    ok(cli, "tick", "--now", "2026-03-20T09:00:00+00:00")
+    (digest,) = _bodies(cli, "digest")
+    assert "P07 Patient P07: 4 maintenance doses overdue since 2025-06-16" in digest
+    assert "Give: hydroxocobalamin 1 mg IM" in digest
+    overdue = [body for body in _bodies(cli, "overdue") if "Event:    dose" in body]
+    assert overdue and all("Give:     hydroxocobalamin 1 mg IM" in body for body in overdue)
