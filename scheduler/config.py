@@ -108,6 +108,9 @@ class ClinicSettings(_Section):
     send_time: Annotated[str, AfterValidator(_send_time)] = "08:00"
     # clinic policy: hydroxo-neuro "improvement continuing?" reviews, every so many days
     neuro_review_days: Annotated[int, Field(ge=7, le=90)] = 14
+    # clinic policy: a dose given more days early than this needs `give --early`
+    early_days_loading: Annotated[int, Field(ge=0, le=365)] = 1
+    early_days_maintenance: Annotated[int, Field(ge=0, le=365)] = 14
 
     @property
     def tz(self) -> ZoneInfo:
