@@ -559,15 +559,15 @@ def run(argv: Sequence[str] | None = None) -> int:
     except CobaltError as exc:
         print(f"cobalt: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `cobalt schedule X | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        return 130
     except Exception as exc:
         if not _is_database_error(exc):
             raise
         print(f"cobalt: {describe_error(exc)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     finally:
         if app is not None:

@@ -718,3 +718,12 @@ def test_enroll_keeps_a_phone_number_and_refuses_one_that_is_not(cli: Clinic) ->
     result = cli.cobalt("enroll", "--mrn", "T2", "--name", "Tee", "--phone", "call me")
     assert result.code == 2 and "--phone" in result.err and len(result.err.splitlines()) == 1
     assert database_rows(cli.database_url) == before
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(cli: Clinic) -> None:
+    for n in range(30):
+        enroll(cli, f"H{n}")
+    env = {**os.environ, "COBALT_CONFIG": str(cli.path / "cobalt.toml")}
+    result = subprocess.run(f"'{COBALT}' due --on 2026-03-02 --days 400 | head -n 1", shell=True,
+                            cwd=cli.path, capture_output=True, text=True, env=env, timeout=60)
+    assert "Traceback" not in result.stderr and result.stdout.strip()
