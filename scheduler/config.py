@@ -27,6 +27,12 @@ class ClinicSettings:
     email: str = "clinic@example.org"
     send_time: str = "08:00"
     neuro_review_days: int = 14  # clinic policy: hydroxo-neuro "improvement continuing?" reviews
+    address: str = ""  # shown in every patient message's "Where" and footer
+    phone: str = ""  # the clinic's telephone, in every patient message
+    hours: str = ""  # opening hours, e.g. "Mon-Fri 08:00-17:00"
+    missed_after_days: int = 3  # clinic policy: the "we missed you" follow-up, days after a missed dose
+    telephone_overdue_days: int = 7  # clinic policy: the digest's "to telephone" lists patients this late
+    telephone_ahead_days: int = 7  # clinic policy: ... and patients without email due this soon
 
     @property
     def tz(self) -> ZoneInfo:
@@ -182,6 +188,9 @@ def validate(settings: Settings) -> None:
     clinic.calendar()  # open days and holidays
     if not 7 <= clinic.neuro_review_days <= 90:
         raise ConfigError(f"[clinic] neuro_review_days {clinic.neuro_review_days} must be from 7 to 90")
+    for key in ("missed_after_days", "telephone_overdue_days", "telephone_ahead_days"):
+        if not 1 <= getattr(clinic, key) <= 365:
+            raise ConfigError(f"[clinic] {key} {getattr(clinic, key)} must be from 1 to 365")
     if not 0 < settings.smtp.port < 65536:
         raise ConfigError(f"[smtp] port {settings.smtp.port} is not a port number")
     sched = settings.scheduler

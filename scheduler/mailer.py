@@ -26,6 +26,7 @@ import ssl
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from email.headerregistry import Address
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Protocol
@@ -44,10 +45,17 @@ class PermanentSendError(CobaltError):
     """The server refused the message for good; sending it again will not help."""
 
 
-def to_email(message: Message, sender: str, *, date: datetime | None = None) -> EmailMessage:
-    """The MIME form of ``message``: multipart/alternative, plain text then HTML."""
+def to_email(message: Message, sender: str, *, date: datetime | None = None, sender_name: str = "",
+             reply_to: str = "") -> EmailMessage:
+    """The MIME form of ``message``: multipart/alternative, plain text then HTML.
+
+    ``sender_name`` (the clinic's name) is From's display name; ``reply_to`` is
+    where a patient's reply goes (the clinic's address).
+    """
     mail = EmailMessage()
-    mail["From"] = sender
+    mail["From"] = _with_name(sender, sender_name)
+    if reply_to:
+        mail["Reply-To"] = reply_to
     mail["To"] = message.to
     mail["Subject"] = message.subject
     mail["Date"] = email.utils.format_datetime(date or datetime.now(UTC))
@@ -59,6 +67,16 @@ def to_email(message: Message, sender: str, *, date: datetime | None = None) -> 
     mail.set_content(message.text)
     mail.add_alternative(message.html, subtype="html")
     return mail
+
+
+def _with_name(address: str, name: str) -> str | Address:
+    """``clinic@example.org`` as ``"Riverside clinic" <clinic@example.org>``; the name is
+    one line of printable text (quoted or encoded by the email library as needed)."""
+    name = " ".join("".join(c if c.isprintable() else " " for c in name).split())
+    if not name or address.count("@") != 1:
+        return address
+    user, _, domain = address.partition("@")
+    return Address(display_name=name, username=user, domain=domain)
 
 
 class Sender(Protocol):
@@ -85,7 +103,11 @@ class SmtpMailer:
         password: str = "",
         starttls: bool = False,
         timeout: float = 30.0,
+        sender_name: str = "",
+        reply_to: str = "",
     ) -> None:
+        self.sender_name = sender_name
+        self.reply_to = reply_to
         self.host = host
         self.port = port
         self.sender = sender
@@ -132,7 +154,8 @@ class SmtpSession:
         self._connection: smtplib.SMTP | None = None
 
     def send(self, message: Message) -> None:
-        mail = to_email(message, self._mailer.sender)
+        mail = to_email(message, self._mailer.sender, sender_name=self._mailer.sender_name,
+                        reply_to=self._mailer.reply_to)
         error: TemporarySendError | PermanentSendError
         cause: BaseException | None = None
         try:
@@ -218,9 +241,11 @@ class FileMailer:
     it twice leaves one complete file.
     """
 
-    def __init__(self, outbox_dir: Path, sender: str) -> None:
+    def __init__(self, outbox_dir: Path, sender: str, sender_name: str = "", reply_to: str = "") -> None:
         self.outbox_dir = Path(outbox_dir)
         self.sender = sender
+        self.sender_name = sender_name
+        self.reply_to = reply_to
 
     @contextlib.contextmanager
     def session(self) -> Iterator[FileMailer]:
@@ -231,7 +256,8 @@ class FileMailer:
 
     def send(self, message: Message) -> None:
         target = self.path_for(message)
-        data = to_email(message, self.sender).as_bytes()
+        data = to_email(message, self.sender, sender_name=self.sender_name,
+                        reply_to=self.reply_to).as_bytes()
         try:
             self.outbox_dir.mkdir(parents=True, exist_ok=True)
             fd, temp_name = tempfile.mkstemp(dir=self.outbox_dir, prefix=".", suffix=".tmp")

@@ -386,3 +386,22 @@ def worklist(session: Session, until: date) -> list[tuple[Event, Patient]]:
         .order_by(col(Event.due), col(Patient.mrn), col(Event.kind), col(Event.seq))
     )
     return [(e, p) for e, p in session.exec(query)]
+
+
+# -- reminders -----------------------------------------------------------------------
+
+LOADING_REMINDER_CHOICES = ("every-dose", "first-of-week")
+
+
+def set_loading_reminders(session: Session, ctx: Context, mrn: str, choice: str) -> bool:
+    """Which loading doses the patient is reminded of: ``every-dose`` (the default) or
+    ``first-of-week`` (the first of each calendar week). Returns whether anything changed."""
+    if choice not in LOADING_REMINDER_CHOICES:
+        raise BadInput(f"--loading {choice!r}: choose {' or '.join(LOADING_REMINDER_CHOICES)}")
+    patient = get_patient(session, mrn, for_update=True)
+    if patient.loading_reminders == choice:
+        return False
+    audit(session, ctx.actor, "reminders", patient, loading=choice, was=patient.loading_reminders)
+    patient.loading_reminders = choice
+    session.add(patient)
+    return True
