@@ -94,6 +94,9 @@ class Event(SQLModel, table=True):
     tests: str = Field(default="", max_length=200)  # space-separated test codes
     because: str = Field(max_length=400)
     updated_at: datetime = _ts()  # type: ignore[assignment]
+    # When the plan gave the event its present date and status: what comes after a
+    # day's send_time is told at the next day's (None: before this was kept).
+    due_set_at: datetime | None = _ts_null()  # type: ignore[assignment]
 
 
 class Dose(SQLModel, table=True):

@@ -15,7 +15,7 @@ When each message falls due (SPEC sections 4 and 8; docs/messages.md):
 - A patient message falls due at ``send_time`` on one clinic day, its day, and
   is sent on that day only, at or after ``send_time`` (a pass after downtime
   catches up within the day). What the plan makes or moves after a day's
-  ``send_time`` waits for the next day's: the event's ``updated_at`` says when.
+  ``send_time`` waits for the next day's: the event's ``due_set_at`` says when.
 - dose-reminder: the day before the dose; nothing when that day has come (a
   "tomorrow" reminder for a day that has come is not sent). A patient who chose
   ``first-of-week`` hears of the first loading dose of each week only.
@@ -109,23 +109,23 @@ class Clock:
         """``send_time`` on ``day``, in UTC."""
         return datetime.combine(day, self.settings.clinic.send_at, tzinfo=self.settings.clinic.tz).astimezone(UTC)
 
-    def known_since(self, updated_at: datetime | None) -> datetime | None:
+    def known_since(self, due_set_at: datetime | None) -> datetime | None:
         """When the plan gave an event its present date, as this pass sees it: a stamp
         later than the pass's ``now`` (a pass run with a past ``--now``) counts as
         long known (None)."""
-        return updated_at if updated_at is not None and updated_at <= self.now else None
+        return due_set_at if due_set_at is not None and due_set_at <= self.now else None
 
     def first_send_day(self, at: datetime) -> date:
         """The clinic day whose ``send_time`` is the first at or after ``at``."""
         day = at.astimezone(self.settings.clinic.tz).date()
         return day if at <= self.send_moment(day) else day + timedelta(days=1)
 
-    def reminder_day(self, kind: str, due: date, updated_at: datetime | None) -> date | None:
+    def reminder_day(self, kind: str, due: date, due_set_at: datetime | None) -> date | None:
         """The day a reminder of an event due on ``due`` falls due, or None when it never
         does (a dose moved to tomorrow after today's send_time; an order told too late)."""
         lead = 1 if kind == "dose" else LAB_REMINDER_DAYS
         day = due - timedelta(days=lead)
-        known = self.known_since(updated_at)
+        known = self.known_since(due_set_at)
         if known is not None:
             day = max(day, self.first_send_day(known))
         if kind == "dose":
@@ -134,7 +134,8 @@ class Clock:
 
     def known_by(self, moment: datetime) -> Any:
         """SQL: the event had its present date at ``moment`` (or its stamp is past ``now``)."""
-        return or_(col(Event.updated_at) <= moment, col(Event.updated_at) > self.now)
+        return or_(col(Event.due_set_at).is_(None), col(Event.due_set_at) <= moment,
+                   col(Event.due_set_at) > self.now)
 
 
 def make_mailer(settings: Settings) -> Mailer:
@@ -236,9 +237,11 @@ def _dose_key(kind: str, event_id: int | None, due: date, email: str) -> str:
     return f"{kind}:{event_id}:{due.isoformat()}:{email.lower()}"
 
 
-def _lab_key(patient_id: int | None, due: date, email: str) -> str:
-    """One blood-test reminder per patient and day: the orders due that day make one."""
-    return f"{LAB_REMINDER}:p{patient_id}:{due.isoformat()}:{email.lower()}"
+def _lab_key(patient_id: int | None, due: date, told_on: date, email: str) -> str:
+    """One blood-test reminder per patient, due date and reminder day: the orders due on
+    one day make one reminder; an order made later (due "at once" on a day whose other
+    order is done) is one more."""
+    return f"{LAB_REMINDER}:p{patient_id}:{due.isoformat()}:{told_on.isoformat()}:{email.lower()}"
 
 
 def _patient_reminders(session: Session, clock: Clock, templates: Templates, kind: str) -> int:
@@ -256,8 +259,8 @@ def _patient_reminders(session: Session, clock: Clock, templates: Templates, kin
         window = (col(Event.kind) == "lab", col(Event.due) >= today - timedelta(days=LAB_LATE_REMINDER_DAYS),
                   col(Event.due) <= ahead,
                   or_(and_(col(Event.due) == ahead, clock.known_by(sent_at)),
-                      and_(col(Event.updated_at) > clock.send_moment(today - timedelta(days=1)),
-                           col(Event.updated_at) <= sent_at)))
+                      and_(col(Event.due_set_at) > clock.send_moment(today - timedelta(days=1)),
+                           col(Event.due_set_at) <= sent_at)))
     query = (
         select(Event, Patient)
         .join(Patient, col(Patient.id) == col(Event.patient_id))
@@ -271,7 +274,7 @@ def _patient_reminders(session: Session, clock: Clock, templates: Templates, kin
         for event, patient in rows:
             assert patient.email is not None
             key = (_dose_key(kind, event.id, event.due, patient.email) if kind == DOSE_REMINDER
-                   else _lab_key(patient.id, event.due, patient.email))
+                   else _lab_key(patient.id, event.due, today, patient.email))
             out.append(_Draft(
                 dedupe_key=key, kind=kind, recipient=patient.email, patient_id=patient.id,
                 event_id=event.id, event_due=event.due, not_after=clock.start_of(today + timedelta(days=1)),
@@ -447,7 +450,7 @@ def _record_skipped(session: Session, clock: Clock, first: date, last: date) -> 
         col(Event.due) >= first + timedelta(days=1), col(Event.due) <= last + timedelta(days=1))))
     quiet = _not_first_of_week(session, doses)
     for event, patient in doses:
-        day = clock.reminder_day("dose", event.due, event.updated_at)
+        day = clock.reminder_day("dose", event.due, event.due_set_at)
         if day is not None and first <= day <= last and event.id not in quiet:
             assert patient.email is not None
             drafts.append(_skipped(DOSE_REMINDER, _dose_key(DOSE_REMINDER, event.id, event.due, patient.email),
@@ -457,10 +460,10 @@ def _record_skipped(session: Session, clock: Clock, first: date, last: date) -> 
         col(Event.due) >= first - timedelta(days=LAB_LATE_REMINDER_DAYS),
         col(Event.due) <= last + timedelta(days=LAB_REMINDER_DAYS)))
     for event, patient in labs:
-        day = clock.reminder_day("lab", event.due, event.updated_at)
+        day = clock.reminder_day("lab", event.due, event.due_set_at)
         if day is not None and first <= day <= last:
             assert patient.email is not None
-            drafts.append(_skipped(LAB_REMINDER, _lab_key(patient.id, event.due, patient.email), event, patient))
+            drafts.append(_skipped(LAB_REMINDER, _lab_key(patient.id, event.due, day, patient.email), event, patient))
     missed = session.exec(base.where(
         col(Event.kind) == "dose", col(Event.status) == "planned",
         col(Event.due) >= first - missed_after, col(Event.due) <= last - missed_after))

@@ -1,4 +1,4 @@
-"""truthful messages: loading-dose reminder choice, the pass mark, outbox indexes
+"""truthful messages: loading-dose reminder choice, when an event got its date, the pass mark, outbox indexes
 
 Revision ID: 0008
 Revises: 0005
@@ -21,6 +21,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.add_column('patient', sa.Column('loading_reminders', sa.String(length=16), nullable=False,
                                        server_default='every-dose'))
+    op.add_column('event', sa.Column('due_set_at', models.types.UTCDateTime(timezone=True), nullable=True))
     op.create_table(
         'pass_mark',
         sa.Column('name', sa.String(length=32), nullable=False),
@@ -38,3 +39,4 @@ def downgrade() -> None:
     op.drop_table('pass_mark')
     # A plain DROP COLUMN: a batch copy of `patient` would trip the foreign keys to it.
     op.drop_column('patient', 'loading_reminders')
+    op.drop_column('event', 'due_set_at')
