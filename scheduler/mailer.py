@@ -54,7 +54,7 @@ def to_email(message: Message, sender: str, *, date: datetime | None = None, sen
     """
     mail = EmailMessage()
     mail["From"] = _with_name(sender, sender_name)
-    if reply_to:
+    if reply_to and reply_to.isprintable() and " " not in reply_to:
         mail["Reply-To"] = reply_to
     mail["To"] = message.to
     mail["Subject"] = message.subject

@@ -368,7 +368,7 @@ def test_a_template_with_a_missing_variable_fails_the_pass_but_nothing_is_lost(c
     result = clinic.cobalt("tick", "--now", "2026-03-03T08:00")
     assert result.code == 1 and "appointment_time" in result.err and len(result.err.splitlines()) == 1
     assert dose_reminders(smtp) == []
-    assert of_kind(smtp, "lab-reminder") and of_kind(smtp, "digest")  # the other kinds went out
+    assert of_kind(smtp, "overdue") and of_kind(smtp, "digest")  # the other kinds went out
     subject.write_text(shipped)
     tick(clinic, "2026-03-03T08:05")
     assert len(dose_reminders(smtp)) == 1
