@@ -351,3 +351,42 @@ def test_an_unknown_loading_choice_is_refused_and_changes_nothing(clinic):
         after = clinic.cobalt("reminders", "P1", "--json").json()
     assert refused.code == 2 and len(refused.err.splitlines()) == 1 and "Traceback" not in refused.err
     assert after["loading"] == "every-dose"
+
+
+# -- more of the rules --------------------------------------------------------------
+
+
+def test_a_switch_that_keeps_a_dose_on_the_day_told_sends_no_changed_message(clinic_with_mail, smtp):
+    clinic = clinic_with_mail
+    enrol(clinic)
+    run(clinic, "2026-03-02T09:00", "give", "P1")
+    tick(clinic, "2026-03-03T08:00")  # "Wednesday 4 March"
+    run(clinic, "2026-03-03T10:00", "switch", "P1", "--protocol", "cyano")  # daily doses: one on the 4th too
+    tick(clinic, "2026-03-04T08:00")
+    assert of_kind(smtp, "changed") == []
+
+
+def test_an_opted_out_patient_gets_no_changed_or_missed_message(clinic_with_mail, smtp):
+    clinic = clinic_with_mail
+    enrol(clinic)
+    run(clinic, "2026-03-02T09:00", "give", "P1")
+    tick(clinic, "2026-03-05T08:00")  # "Friday 6 March"
+    run(clinic, "2026-03-05T09:00", "opt-out", "P1")
+    run(clinic, "2026-03-05T10:00", "give", "P1")  # Friday's dose moves
+    for day in (6, 7, 8, 9, 10):
+        tick(clinic, f"2026-03-{day:02d}T08:00")
+    assert of_kind(smtp, "changed") == [] and of_kind(smtp, "missed") == []
+
+
+def test_in_berlin_an_evening_order_is_told_at_the_next_local_send_time(clinic, smtp):
+    clinic.configure(timezone="Europe/Berlin", smtp_host=smtp.host, smtp_port=smtp.port)
+    enrol(clinic, moment="2026-03-01T05:00")  # 06:00 CET
+    tick(clinic, "2026-03-01T07:00")  # 08:00 CET: the baseline's reminder
+    tick(clinic, "2026-03-02T07:00")  # 08:00 CET: the early-response test's
+    before = len(of_kind(smtp, "lab-reminder"))
+    run(clinic, "2026-03-02T17:30", "lab", "P1", "--order", "baseline", "--result", "b12=180")  # 18:30 CET
+    for moment in ("2026-03-02T17:35", "2026-03-02T22:59", "2026-03-03T06:59"):  # up to 07:59 CET
+        tick(clinic, moment)
+        assert len(of_kind(smtp, "lab-reminder")) == before, moment
+    tick(clinic, "2026-03-03T07:00")  # 08:00 CET
+    assert len(of_kind(smtp, "lab-reminder")) == before + 1
