@@ -390,3 +390,36 @@ def test_in_berlin_an_evening_order_is_told_at_the_next_local_send_time(clinic, 
         assert len(of_kind(smtp, "lab-reminder")) == before, moment
     tick(clinic, "2026-03-03T07:00")  # 08:00 CET
     assert len(of_kind(smtp, "lab-reminder")) == before + 1
+
+
+def test_schedule_shows_the_patients_choice_of_loading_reminders(clinic):
+    enrol(clinic)
+    run(clinic, "2026-03-01T07:05", "reminders", "P1", "--loading", "first-of-week")
+    patient = run(clinic, "2026-03-01T07:06", "schedule", "P1", "--json").json()["patient"]
+    assert patient["loading_reminders"] == "first-of-week"
+
+
+# -- the day a reminder falls due: the rule as a table (no database) ---------------------
+
+
+@pytest.mark.parametrize(("kind", "due", "known_at", "day"), [
+    ("dose", "2026-03-04", None, "2026-03-03"),  # long known: the day before
+    ("dose", "2026-03-04", "2026-03-03T07:59", "2026-03-03"),  # known before send_time
+    ("dose", "2026-03-04", "2026-03-03T08:00", "2026-03-03"),  # at send_time
+    ("dose", "2026-03-04", "2026-03-03T08:01", None),  # after it: tomorrow has come by then
+    ("lab", "2026-03-09", None, "2026-03-02"),  # seven days before
+    ("lab", "2026-03-09", "2026-03-04T18:00", "2026-03-05"),  # ordered nearer: the next morning
+    ("lab", "2026-03-02", "2026-03-02T18:00", "2026-03-03"),  # "at once" in the evening: the next morning
+    ("lab", "2026-02-20", "2026-03-02T07:00", None),  # dated back too far to be told
+    ("dose", "2026-03-04", "2030-01-01T00:00", "2026-03-03"),  # a stamp after the pass's now
+])
+def test_the_day_a_reminder_falls_due(kind: str, due: str, known_at: str | None, day: str | None) -> None:
+    from datetime import UTC, date, datetime
+
+    from scheduler.config import Settings
+    from scheduler.outbox import Clock
+
+    clock = Clock(datetime(2026, 3, 5, 12, 0, tzinfo=UTC), Settings())
+    stamp = datetime.fromisoformat(known_at).replace(tzinfo=UTC) if known_at else None
+    expected = date.fromisoformat(day) if day else None
+    assert clock.reminder_day(kind, date.fromisoformat(due), stamp) == expected
