@@ -44,6 +44,9 @@ class PatientBase(SQLModel):
     on_folic_acid: bool = False
     pernicious: bool = False  # lifelong parenteral B12 (intrinsic factor antibodies)
     opted_out: bool = False  # the patient receives no messages; the clinic still does
+    # Reminders of loading doses: "every-dose", or "first-of-week" (the first of each week).
+    loading_reminders: str = Field(default="every-dose", max_length=16,
+                                   sa_column_kwargs={"server_default": "every-dose"})
 
 
 class Patient(PatientBase, table=True):
@@ -91,6 +94,9 @@ class Event(SQLModel, table=True):
     tests: str = Field(default="", max_length=200)  # space-separated test codes
     because: str = Field(max_length=400)
     updated_at: datetime = _ts()  # type: ignore[assignment]
+    # When the plan gave the event its present date and status: what comes after a
+    # day's send_time is told at the next day's (None: before this was kept).
+    due_set_at: datetime | None = _ts_null()  # type: ignore[assignment]
 
 
 class Voidable(SQLModel):
@@ -185,6 +191,8 @@ class Outbox(SQLModel, table=True):
         UniqueConstraint("dedupe_key"),
         Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
         Index("ix_outbox_event_id_kind", "event_id", "kind"),
+        Index("ix_outbox_kind_event_due", "kind", "event_due"),  # what patients were told, by date
+        Index("ix_outbox_status_reported", "status", "reported"),  # the digest's failed and not sent
     )
     id: int | None = Field(default=None, primary_key=True)
     dedupe_key: str = Field(max_length=200)
@@ -224,6 +232,16 @@ class MailServer(SQLModel, table=True):
     down_since: datetime | None = _ts_null()  # type: ignore[assignment]
     next_probe_at: datetime | None = _ts_null()  # type: ignore[assignment]
     last_error: str | None = Field(default=None, max_length=400)
+class PassMark(SQLModel, table=True):
+    """How far the passes got: ``day`` is the last clinic day whose patient messages
+    were decided at or after ``send_time``, so the next pass knows which days a
+    downtime passed over."""
+
+    __tablename__ = "pass_mark"  # type: ignore[assignment]
+
+    name: str = Field(primary_key=True, max_length=32)
+    day: date
+    at: datetime = _ts()  # type: ignore[assignment]
 
 
 from models.alert import Alert  # noqa: E402,F401

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 # Modules that add commands of their own: each has ``register(add)``, where ``add``
 # is build_parser's helper below, and imports only the standard library at its top.
-FEATURES: tuple[str, ...] = ("scheduler.cli_corrections",)
+FEATURES: tuple[str, ...] = ("scheduler.cli_corrections", "scheduler.cli_truthful")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -240,7 +240,8 @@ def _schedule_json(record: Any) -> dict[str, Any]:
             "start": regimens[0].start.isoformat(), "protocol_start": current.start.isoformat(),
             "maintenance_months": current.maintenance_months, "neuro": p.neuro,
             "renal_impairment": p.renal_impairment, "on_folic_acid": p.on_folic_acid,
-            "pernicious": p.pernicious, "opted_out": p.opted_out, "status": p.status,
+            "pernicious": p.pernicious, "opted_out": p.opted_out, "loading_reminders": p.loading_reminders,
+            "status": p.status,
             "discharged_on": p.discharged_on.isoformat() if p.discharged_on else None,
             "discharge_reason": p.discharge_reason,
             "regimens": [{"protocol": r.protocol, "start": r.start.isoformat(),

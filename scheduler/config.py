@@ -111,6 +111,14 @@ class ClinicSettings(_Section):
     # clinic policy: a dose given more days early than this needs `give --early`
     early_days_loading: Annotated[int, Field(ge=0, le=365)] = 1
     early_days_maintenance: Annotated[int, Field(ge=0, le=365)] = 14
+    address: Text = ""  # shown in every patient message's "Where" and footer
+    phone: Text = ""  # the clinic's telephone, in every patient message
+    hours: Text = ""  # opening hours, e.g. "Mon-Fri 08:00-17:00"
+    # clinic policy: the "we missed you" follow-up, days after a missed dose
+    missed_after_days: Annotated[int, Field(ge=1, le=365)] = 3
+    # clinic policy: the digest's "to telephone" lists patients this late, and those without email due this soon
+    telephone_overdue_days: Annotated[int, Field(ge=1, le=365)] = 7
+    telephone_ahead_days: Annotated[int, Field(ge=1, le=365)] = 7
 
     @property
     def tz(self) -> ZoneInfo:

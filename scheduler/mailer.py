@@ -32,6 +32,7 @@ import ssl
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from email.headerregistry import Address
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Protocol
@@ -54,22 +55,29 @@ class ServerUnavailable(TemporarySendError):
     """The server cannot be reached or will not talk now: no fault of the message."""
 
 
-def build(message: Message, sender: str) -> EmailMessage:
+def build(message: Message, sender: str, *, sender_name: str = "", reply_to: str = "") -> EmailMessage:
     """``to_email``, with any failure of the email library (a malformed address
     that slipped in before addresses were checked) as a ``PermanentSendError``
     whose text names no address."""
     try:
-        mail = to_email(message, sender)
+        mail = to_email(message, sender, sender_name=sender_name, reply_to=reply_to)
         mail.as_bytes()  # some header problems only show when the message is written
     except Exception as exc:
         raise PermanentSendError(f"cannot build the message ({type(exc).__name__}): check the address") from exc
     return mail
 
 
-def to_email(message: Message, sender: str, *, date: datetime | None = None) -> EmailMessage:
-    """The MIME form of ``message``: multipart/alternative, plain text then HTML."""
+def to_email(message: Message, sender: str, *, date: datetime | None = None, sender_name: str = "",
+             reply_to: str = "") -> EmailMessage:
+    """The MIME form of ``message``: multipart/alternative, plain text then HTML.
+
+    ``sender_name`` (the clinic's name) is From's display name; ``reply_to`` is
+    where a patient's reply goes (the clinic's address).
+    """
     mail = EmailMessage()
-    mail["From"] = sender
+    mail["From"] = _with_name(sender, sender_name)
+    if reply_to and reply_to.isprintable() and " " not in reply_to:
+        mail["Reply-To"] = reply_to
     mail["To"] = message.to
     mail["Subject"] = message.subject
     mail["Date"] = email.utils.format_datetime(date or datetime.now(UTC))
@@ -81,6 +89,16 @@ def to_email(message: Message, sender: str, *, date: datetime | None = None) -> 
     mail.set_content(message.text)
     mail.add_alternative(message.html, subtype="html")
     return mail
+
+
+def _with_name(address: str, name: str) -> str | Address:
+    """``clinic@example.org`` as ``"Riverside clinic" <clinic@example.org>``; the name is
+    one line of printable text (quoted or encoded by the email library as needed)."""
+    name = " ".join("".join(c if c.isprintable() else " " for c in name).split())
+    if not name or address.count("@") != 1:
+        return address
+    user, _, domain = address.partition("@")
+    return Address(display_name=name, username=user, domain=domain)
 
 
 class Sender(Protocol):
@@ -107,7 +125,11 @@ class SmtpMailer:
         password: str = "",
         starttls: bool = False,
         timeout: float = 30.0,
+        sender_name: str = "",
+        reply_to: str = "",
     ) -> None:
+        self.sender_name = sender_name
+        self.reply_to = reply_to
         self.host = host
         self.port = port
         self.sender = sender
@@ -154,7 +176,8 @@ class SmtpSession:
         self._connection: smtplib.SMTP | None = None
 
     def send(self, message: Message) -> None:
-        mail = build(message, self._mailer.sender)
+        mail = build(message, self._mailer.sender, sender_name=self._mailer.sender_name,
+                     reply_to=self._mailer.reply_to)
         error: TemporarySendError | PermanentSendError
         cause: BaseException | None = None
         try:
@@ -243,9 +266,11 @@ class FileMailer:
     it twice leaves one complete file.
     """
 
-    def __init__(self, outbox_dir: Path, sender: str) -> None:
+    def __init__(self, outbox_dir: Path, sender: str, sender_name: str = "", reply_to: str = "") -> None:
         self.outbox_dir = Path(outbox_dir)
         self.sender = sender
+        self.sender_name = sender_name
+        self.reply_to = reply_to
 
     @contextlib.contextmanager
     def session(self) -> Iterator[FileMailer]:
@@ -256,7 +281,7 @@ class FileMailer:
 
     def send(self, message: Message) -> None:
         target = self.path_for(message)
-        data = build(message, self.sender).as_bytes()
+        data = build(message, self.sender, sender_name=self.sender_name, reply_to=self.reply_to).as_bytes()
         try:
             self.outbox_dir.mkdir(parents=True, exist_ok=True)
             fd, temp_name = tempfile.mkstemp(dir=self.outbox_dir, prefix=".", suffix=".tmp")

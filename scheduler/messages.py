@@ -9,11 +9,20 @@ Sending is ``scheduler.mailer``'s job; this module only builds a ``Message``.
 
 The context each kind expects (dates are ``datetime.date``)::
 
-    every kind    clinic = {"name": str, "email": str, "timezone": str}
+    every kind    clinic = {"name": str, "email": str, "timezone": str, "address": str,
+                            "phone": str, "hours": str}  ("" when not configured)
 
     dose-reminder patient = {"name": str}
     lab-reminder  due = date
                   time = str, e.g. "08:00"; "" when no time is given
+
+    changed       patient = {"name": str}
+                  what = "appointment" | "blood test"
+                  old = date (what the patient was told)
+                  new = date, or None when it is cancelled
+
+    missed        patient = {"name": str}
+                  due = date (the dose that was missed)
 
     overdue       patient = {"mrn": str, "name": str, "platelets": float | None,
                              "neuro": bool (optional)}
@@ -36,8 +45,14 @@ The context each kind expects (dates are ``datetime.date``)::
                   alerts = list of {"mrn", "name", "code", "severity", "message",
                                     "since": date}
                   failed = list of {"kind", "to", "subject", "error"}
+                  to_telephone = list of {"mrn", "name", "phone": str | None,
+                                          "reasons": list[str]}
+                  not_sent = list of {"kind", "mrn", "name", "phone": str | None,
+                                      "due": date | None}
+                  totals = {"due_today", "overdue", "upcoming", "to_telephone",
+                            "not_sent": int}
 
-Patient messages (``dose-reminder``, ``lab-reminder``) say only who, when,
+Patient messages (``dose-reminder``, ``lab-reminder``, ``changed``, ``missed``) say only who, when,
 where, what to bring and how to rearrange: no diagnosis, drug, test or lab
 value. Clinic messages carry the injection-technique note
 (``technique.injection_note``) and the approved sites for every dose; the
@@ -63,7 +78,7 @@ from scheduler.technique import APPROVED_SITES, injection_note
 # Shipped inside the package (the checkout's top-level `templates` links here).
 DEFAULT_TEMPLATES_DIR = Path(str(files("scheduler") / "templates"))
 
-PATIENT_KINDS = ("dose-reminder", "lab-reminder")
+PATIENT_KINDS = ("dose-reminder", "lab-reminder", "changed", "missed")
 CLINIC_KINDS = ("overdue", "digest", "alert")
 KINDS = PATIENT_KINDS + CLINIC_KINDS
 

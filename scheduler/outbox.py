@@ -11,15 +11,29 @@ message in flight, never lose one. A claim is a short lease that the sender
 renews while it works, so a dead sender's rows are taken over within
 ``claim_seconds`` (docs/faults.md).
 
-What counts as still useful after downtime (SPEC section 4):
+When each message falls due (SPEC sections 4 and 8; docs/messages.md):
 
-- dose-reminder: from ``send_time`` on the day before the dose until the dose
-  day begins (a "tomorrow" reminder for a day that has come is not sent);
-- lab-reminder: from ``send_time`` seven days before, or at once when nearer,
-  until the lab's day ends;
+- A patient message falls due at ``send_time`` on one clinic day, its day, and
+  is sent on that day only, at or after ``send_time`` (a pass after downtime
+  catches up within the day). What the plan makes or moves after a day's
+  ``send_time`` waits for the next day's: the event's ``due_set_at`` says when.
+- dose-reminder: the day before the dose; nothing when that day has come (a
+  "tomorrow" reminder for a day that has come is not sent). A patient who chose
+  ``first-of-week`` hears of the first loading dose of each week only.
+- lab-reminder: seven days before, or the first day the order is known when it
+  is nearer (an order due "at once" made at 18:00 is told the next morning);
+  the orders of one patient due on one day make one reminder.
+- changed: the first day, at ``send_time``, after an event the patient was told
+  of moved or was cancelled, while the date they were told has not passed.
+- missed: ``missed_after_days`` after a dose that is still not given.
 - overdue: from ``send_time`` on the day after, for up to
   ``overdue_catch_up_days`` days while the event is still not done;
 - digest: once per open day, from ``send_time`` until the day ends.
+
+The once-only key of a reminder carries the due date it speaks of, so an event
+that moves is reminded of its new date once. Patient messages whose day a
+downtime passed over are recorded as skipped (``skip_passed_moments``), counted
+in the pass's ``skipped`` and listed in the next digest.
 """
 
 from __future__ import annotations
@@ -35,9 +49,10 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, exists, func, or_, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
-from models import Event, LabResult, MailServer, Outbox, Patient
+from models import Event, LabResult, MailServer, Outbox, PassMark, Patient
 from scheduler.config import Settings
 from scheduler.db import chunked, transaction
 from scheduler.mailer import (
@@ -60,8 +75,19 @@ LAB_REMINDER = "lab-reminder"
 OVERDUE = "overdue"
 DIGEST = "digest"
 ALERT = "alert"
+CHANGED = "changed"
+MISSED = "missed"
+
+EVERY_DOSE = "every-dose"
+FIRST_OF_WEEK = "first-of-week"
+LOADING_CHOICES = (EVERY_DOSE, FIRST_OF_WEEK)
 
 LAB_REMINDER_DAYS = 7  # SPEC: 7 days before a lab order is due
+LAB_LATE_REMINDER_DAYS = 7  # an order dated back (due "at once" on a past day) is still told this long after
+DOWNTIME_LOOKBACK_DAYS = 31  # after a longer downtime, the skipped reminders of the days before are not counted
+SKIPPED_WHILE_DOWN = "not sent: its time has passed (no pass ran on its day)"
+MOMENT_PASSED = "not sent: its time has passed%"  # delivery's and ours: what the digest lists
+PATIENT_MESSAGES_MARK = "patient-messages"
 DIGEST_UPCOMING_DAYS = 7  # SPEC: the digest lists what is due in the next 7 days
 DIGEST_SECTION_LIMIT = 300  # items listed per digest section; the rest are counted (`cobalt due` lists all)
 MAX_BACKOFF = timedelta(days=1)
@@ -91,13 +117,47 @@ class Clock:
         """Local midnight of ``day``, in UTC (zoneinfo handles daylight saving)."""
         return datetime.combine(day, time(0), tzinfo=self.settings.clinic.tz).astimezone(UTC)
 
+    def send_moment(self, day: date) -> datetime:
+        """``send_time`` on ``day``, in UTC."""
+        return datetime.combine(day, self.settings.clinic.send_at, tzinfo=self.settings.clinic.tz).astimezone(UTC)
+
+    def known_since(self, due_set_at: datetime | None) -> datetime | None:
+        """When the plan gave an event its present date, as this pass sees it: a stamp
+        later than the pass's ``now`` (a pass run with a past ``--now``) counts as
+        long known (None)."""
+        return due_set_at if due_set_at is not None and due_set_at <= self.now else None
+
+    def first_send_day(self, at: datetime) -> date:
+        """The clinic day whose ``send_time`` is the first at or after ``at``."""
+        day = at.astimezone(self.settings.clinic.tz).date()
+        return day if at <= self.send_moment(day) else day + timedelta(days=1)
+
+    def reminder_day(self, kind: str, due: date, due_set_at: datetime | None) -> date | None:
+        """The day a reminder of an event due on ``due`` falls due, or None when it never
+        does (a dose moved to tomorrow after today's send_time; an order told too late)."""
+        lead = 1 if kind == "dose" else LAB_REMINDER_DAYS
+        day = due - timedelta(days=lead)
+        known = self.known_since(due_set_at)
+        if known is not None:
+            day = max(day, self.first_send_day(known))
+        if kind == "dose":
+            return day if day < due else None
+        return day if day <= due + timedelta(days=LAB_LATE_REMINDER_DAYS) else None
+
+    def known_by(self, moment: datetime) -> Any:
+        """SQL: the event had its present date at ``moment`` (or its stamp is past ``now``)."""
+        return or_(col(Event.due_set_at).is_(None), col(Event.due_set_at) <= moment,
+                   col(Event.due_set_at) > self.now)
+
 
 def make_mailer(settings: Settings) -> Mailer:
     smtp = settings.smtp
+    # From carries the clinic's name; replies go to the clinic's own address.
+    named = {"sender_name": settings.clinic.name, "reply_to": settings.clinic.email}
     if not smtp.host:
-        return FileMailer(settings.outbox_path, smtp.sender)
+        return FileMailer(settings.outbox_path, smtp.sender, **named)
     return SmtpMailer(smtp.host, smtp.port, smtp.sender, username=smtp.username,
-                      password=smtp.password, starttls=smtp.starttls, timeout=smtp.timeout)
+                      password=smtp.password, starttls=smtp.starttls, timeout=smtp.timeout, **named)
 
 
 def _domain(settings: Settings) -> str:
@@ -107,7 +167,8 @@ def _domain(settings: Settings) -> str:
 
 def _clinic(settings: Settings) -> dict[str, str]:
     c = settings.clinic
-    return {"name": c.name, "email": c.email, "timezone": c.timezone}
+    return {"name": c.name, "email": c.email, "timezone": c.timezone, "address": c.address,
+            "phone": c.phone, "hours": c.hours}
 
 
 # -- queueing ------------------------------------------------------------------------
@@ -152,6 +213,324 @@ def _not_queued(kind: str, recipient: Any) -> Any:
     )
 
 
+def _not_told(kind: str) -> Any:
+    """No message of ``kind`` about this event's present date to the patient's address."""
+    return ~exists().where(
+        col(Outbox.event_id) == col(Event.id), col(Outbox.kind) == kind,
+        col(Outbox.event_due) == col(Event.due), col(Outbox.recipient) == col(Patient.email),
+    )
+
+
+def _reachable() -> tuple[Any, ...]:
+    """A patient who receives messages."""
+    return (Patient.status == "active", col(Patient.opted_out).is_(False), col(Patient.email).is_not(None))
+
+
+def _week_start(day: date) -> date:
+    return day - timedelta(days=day.weekday())
+
+
+def _first_of_week_only(day: date) -> Any:
+    """SQL, for doses due on ``day``: the patient hears of every dose, or this is not a
+    loading dose, or no loading dose of theirs comes before it in its week."""
+    earlier = aliased(Event)
+    return or_(
+        col(Patient.loading_reminders) != FIRST_OF_WEEK,
+        col(Event.phase) != "loading",
+        ~exists().where(
+            col(earlier.patient_id) == col(Event.patient_id), col(earlier.kind) == "dose",
+            col(earlier.phase) == "loading", col(earlier.status).in_(["planned", "done"]),
+            col(earlier.due) >= _week_start(day), col(earlier.due) < col(Event.due),
+        ),
+    )
+
+
+def _dose_key(kind: str, event_id: int | None, due: date, email: str) -> str:
+    return f"{kind}:{event_id}:{due.isoformat()}:{email.lower()}"
+
+
+def _lab_key(patient_id: int | None, due: date, told_on: date, email: str) -> str:
+    """One blood-test reminder per patient, due date and reminder day: the orders due on
+    one day make one reminder; an order made later (due "at once" on a day whose other
+    order is done) is one more."""
+    return f"{LAB_REMINDER}:p{patient_id}:{due.isoformat()}:{told_on.isoformat()}:{email.lower()}"
+
+
+def _patient_reminders(session: Session, clock: Clock, templates: Templates, kind: str) -> int:
+    """The reminders whose day is today, from ``send_time`` on (see the module's notes)."""
+    if not clock.after_send_time:
+        return 0
+    today = clock.today
+    sent_at = clock.send_moment(today)
+    if kind == DOSE_REMINDER:
+        tomorrow = today + timedelta(days=1)
+        window: tuple[Any, ...] = (col(Event.kind) == "dose", col(Event.due) == tomorrow,
+                                   clock.known_by(sent_at), _first_of_week_only(tomorrow))
+    else:
+        ahead = today + timedelta(days=LAB_REMINDER_DAYS)
+        window = (col(Event.kind) == "lab", col(Event.due) >= today - timedelta(days=LAB_LATE_REMINDER_DAYS),
+                  col(Event.due) <= ahead,
+                  or_(and_(col(Event.due) == ahead, clock.known_by(sent_at)),
+                      and_(col(Event.due_set_at) > clock.send_moment(today - timedelta(days=1)),
+                           col(Event.due_set_at) <= sent_at)))
+    query = (
+        select(Event, Patient)
+        .join(Patient, col(Patient.id) == col(Event.patient_id))
+        .where(Event.status == "planned", *window, *_reachable(), _not_told(kind))
+        .order_by(col(Event.due), col(Event.id))
+        .limit(QUEUE_BATCH)
+    )
+
+    def drafts(rows: list[tuple[Event, Patient]]) -> list[_Draft]:
+        out = []
+        for event, patient in rows:
+            assert patient.email is not None
+            key = (_dose_key(kind, event.id, event.due, patient.email) if kind == DOSE_REMINDER
+                   else _lab_key(patient.id, event.due, today, patient.email))
+            out.append(_Draft(
+                dedupe_key=key, kind=kind, recipient=patient.email, patient_id=patient.id,
+                event_id=event.id, event_due=event.due, not_after=clock.start_of(today + timedelta(days=1)),
+                # An order dated back ("at once" yesterday) is due now: the patient is told today.
+                context={"clinic": _clinic(clock.settings), "patient": {"name": patient.name},
+                         "due": max(event.due, today), "time": ""},
+            ))
+        return out
+
+    return _queue_in_batches(session, query, drafts, clock, templates, single_day=kind == DOSE_REMINDER)
+
+
+def _changed_notices(session: Session, clock: Clock, templates: Templates) -> int:
+    """Tell a patient whose event moved or was cancelled after they were told its date.
+
+    Reads the messages sent about dates not yet passed (by kind and date, through
+    the outbox's index) whose event now says otherwise; one ``changed`` message per
+    (event, new date, recipient). The day is what the patient was told: while
+    another event of the same kind stays on it (a second blood test; the new
+    protocol's dose after a switch), that day still holds and nothing is sent.
+    """
+    if not clock.after_send_time:
+        return 0
+    today = clock.today
+    query = (
+        select(Outbox, Event, Patient)
+        .join(Patient, col(Patient.id) == col(Outbox.patient_id))
+        .join(Event, col(Event.id) == col(Outbox.event_id), isouter=True)
+        .where(col(Outbox.kind).in_([DOSE_REMINDER, LAB_REMINDER, CHANGED]), col(Outbox.event_due) >= today,
+               col(Outbox.status) == "sent", col(Patient.opted_out).is_(False),
+               col(Patient.email).is_not(None),
+               or_(col(Event.id).is_(None),
+                   and_(col(Event.status).in_(["cancelled", "held"]), clock.known_by(clock.send_moment(today))),
+                   and_(col(Event.status) == "planned", col(Event.due) != col(Outbox.event_due),
+                        col(Event.due) >= today, clock.known_by(clock.send_moment(today)))))
+        .order_by(col(Outbox.id))
+    )
+    rows = list(session.exec(query))
+    if not rows:
+        return 0
+
+    def kind_of(told: Outbox, event: Event | None) -> str:
+        if event is not None:
+            return event.kind
+        return "lab" if told.kind == LAB_REMINDER else "dose"
+
+    # A day told of still holds while another event of that kind stays on it (a switch
+    # replaces a dose with the new protocol's dose on the same day; two orders, one visit).
+    still_on: set[tuple[int | None, str, date]] = set()
+    pids = sorted({p.id for _, _, p in rows if p.id is not None})
+    days = sorted({told.event_due for told, _, _ in rows if told.event_due is not None})
+    for chunk in chunked(pids):
+        still_on.update(session.exec(
+            select(col(Event.patient_id), col(Event.kind), col(Event.due))
+            .where(col(Event.status) == "planned", col(Event.due).in_(days), col(Event.patient_id).in_(chunk))
+        ))
+    drafts: dict[str, _Draft] = {}
+    for told, event, patient in rows:
+        assert patient.email is not None and told.event_due is not None
+        kind = kind_of(told, event)
+        if (patient.id, kind, told.event_due) in still_on:
+            continue
+        lab = kind == "lab"
+        new = event.due if event is not None and event.status == "planned" else None
+        if new is not None and patient.status != "active":
+            continue
+        key = f"{CHANGED}:{told.event_id}:{new.isoformat() if new else 'cancelled'}:{patient.email.lower()}"
+        last_day = min(told.event_due, new) if new else told.event_due
+        drafts[key] = _Draft(  # the latest message told wins: it is what the patient believes
+            dedupe_key=key, kind=CHANGED, recipient=patient.email, patient_id=patient.id,
+            event_id=told.event_id, event_due=new, not_after=clock.start_of(last_day + timedelta(days=1)),
+            context={"clinic": _clinic(clock.settings), "patient": {"name": patient.name},
+                     "what": "blood test" if lab else "appointment", "old": told.event_due, "new": new},
+        )
+    done = set(session.exec(select(col(Outbox.dedupe_key)).where(col(Outbox.dedupe_key).in_(list(drafts)))))
+    return _insert(session, templates, clock.settings, [d for k, d in drafts.items() if k not in done], clock.now)
+
+
+def _missed_followups(session: Session, clock: Clock, templates: Templates) -> int:
+    """"We missed you": ``missed_after_days`` after a dose that is still not given."""
+    if not clock.after_send_time:
+        return 0
+    today = clock.today
+    day = today - timedelta(days=clock.settings.clinic.missed_after_days)
+    query = (
+        select(Event, Patient)
+        .join(Patient, col(Patient.id) == col(Event.patient_id))
+        .where(Event.status == "planned", col(Event.kind) == "dose", col(Event.due) == day,
+               *_reachable(), _not_told(MISSED))
+        .order_by(col(Event.due), col(Event.id))
+        .limit(QUEUE_BATCH)
+    )
+
+    def drafts(rows: list[tuple[Event, Patient]]) -> list[_Draft]:
+        return [
+            _Draft(dedupe_key=_dose_key(MISSED, event.id, event.due, patient.email or ""), kind=MISSED,
+                   recipient=patient.email or "", patient_id=patient.id, event_id=event.id,
+                   event_due=event.due, not_after=clock.start_of(today + timedelta(days=1)),
+                   context={"clinic": _clinic(clock.settings), "patient": {"name": patient.name},
+                            "due": event.due})
+            for event, patient in rows
+        ]
+
+    return _queue_in_batches(session, query, drafts, clock, templates, single_day=True)
+
+
+def notice_stale_reason(row: Outbox, event: Event | None, patient: Patient | None) -> str | None:
+    """Why a ``changed`` or ``missed`` message queued earlier is no longer true, if it is not.
+
+    A cancellation is sent after a discharge (it is what the patient must hear);
+    a move or a follow-up is not, and neither is one the plan has since overtaken.
+    """
+    if patient is not None and (patient.opted_out or not patient.email):
+        return "the patient opted out"
+    if row.kind == CHANGED and row.event_due is None:
+        if event is not None and event.status == "planned":
+            return "the event is planned again"
+        return None
+    if patient is not None and patient.status != "active":
+        return "the patient was discharged"
+    if event is None or event.status != "planned":
+        return "the event is done or cancelled"
+    if event.due != row.event_due:
+        return "the event moved"
+    return None
+
+
+# -- the days a downtime passed over --------------------------------------------------
+
+
+def skip_passed_moments(engine: Engine, settings: Settings, now: datetime) -> int:
+    """Record as skipped the patient messages whose day passed with no pass at or after
+    its ``send_time`` (the scheduler was down); returns how many.
+
+    ``pass_mark`` keeps the last day whose patient messages were decided. The first
+    pass on a database only sets it. The rows keep their once-only keys, so
+    nothing is queued for them later, and the next digest lists them.
+    """
+    clock = Clock(now, settings)
+    covered = clock.today if clock.after_send_time else clock.today - timedelta(days=1)
+    with transaction(engine) as session:
+        insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        created = session.connection().execute(
+            insert(PassMark).values(name=PATIENT_MESSAGES_MARK, day=covered, at=now)
+            .on_conflict_do_nothing(index_elements=["name"]).returning(col(PassMark.name))
+        ).first()
+        if created is not None:
+            return 0
+        query = select(PassMark).where(PassMark.name == PATIENT_MESSAGES_MARK)
+        if engine.dialect.name == "postgresql":
+            query = query.with_for_update()
+        mark = session.exec(query).one()
+        if covered <= mark.day:
+            return 0
+        first = max(mark.day + timedelta(days=1), clock.today - timedelta(days=DOWNTIME_LOOKBACK_DAYS))
+        last = clock.today - timedelta(days=1)
+        skipped = _record_skipped(session, clock, first, last) if first <= last else 0
+        mark.day, mark.at = covered, now
+        session.add(mark)
+    if skipped:
+        log.warning("%d patient messages were not sent: no pass ran on their day", skipped)
+    return skipped
+
+
+def _record_skipped(session: Session, clock: Clock, first: date, last: date) -> int:
+    """The reminders and follow-ups whose day fell in ``first`` .. ``last``."""
+    drafts: list[_Draft] = []
+    missed_after = timedelta(days=clock.settings.clinic.missed_after_days)
+    base = (select(Event, Patient).join(Patient, col(Patient.id) == col(Event.patient_id))
+            .where(*_reachable()))
+    doses = list(session.exec(base.where(
+        col(Event.kind) == "dose", col(Event.status).in_(["planned", "done"]),
+        col(Event.due) >= first + timedelta(days=1), col(Event.due) <= last + timedelta(days=1))))
+    quiet = _not_first_of_week(session, doses)
+    for event, patient in doses:
+        day = clock.reminder_day("dose", event.due, event.due_set_at)
+        if day is not None and first <= day <= last and event.id not in quiet:
+            assert patient.email is not None
+            drafts.append(_skipped(DOSE_REMINDER, _dose_key(DOSE_REMINDER, event.id, event.due, patient.email),
+                                   event, patient))
+    labs = session.exec(base.where(
+        col(Event.kind) == "lab", col(Event.status).in_(["planned", "done"]),
+        col(Event.due) >= first - timedelta(days=LAB_LATE_REMINDER_DAYS),
+        col(Event.due) <= last + timedelta(days=LAB_REMINDER_DAYS)))
+    for event, patient in labs:
+        day = clock.reminder_day("lab", event.due, event.due_set_at)
+        if day is not None and first <= day <= last:
+            assert patient.email is not None
+            drafts.append(_skipped(LAB_REMINDER, _lab_key(patient.id, event.due, day, patient.email), event, patient))
+    missed = session.exec(base.where(
+        col(Event.kind) == "dose", col(Event.status) == "planned",
+        col(Event.due) >= first - missed_after, col(Event.due) <= last - missed_after))
+    for event, patient in missed:
+        assert patient.email is not None
+        drafts.append(_skipped(MISSED, _dose_key(MISSED, event.id, event.due, patient.email), event, patient))
+    unique = list({d.dedupe_key: d for d in drafts}.values())
+    total = 0
+    for start in range(0, len(unique), QUEUE_BATCH):
+        total += _insert_skipped(session, clock, unique[start:start + QUEUE_BATCH])
+    return total
+
+
+def _not_first_of_week(session: Session, doses: list[tuple[Event, Patient]]) -> set[int | None]:
+    """The loading doses of ``first-of-week`` patients that another comes before in its week."""
+    chosen = [(e, p) for e, p in doses if p.loading_reminders == FIRST_OF_WEEK and e.phase == "loading"]
+    if not chosen:
+        return set()
+    earliest = _week_start(min(e.due for e, _ in chosen))
+    by_patient: dict[int, list[date]] = {}
+    for chunk in chunked(sorted({p.id for _, p in chosen if p.id is not None})):
+        for pid, due in session.exec(
+            select(col(Event.patient_id), col(Event.due))
+            .where(col(Event.patient_id).in_(chunk), col(Event.kind) == "dose", col(Event.phase) == "loading",
+                   col(Event.status).in_(["planned", "done"]), col(Event.due) >= earliest)
+        ):
+            by_patient.setdefault(pid, []).append(due)
+    return {e.id for e, p in chosen
+            if any(_week_start(e.due) <= d < e.due for d in by_patient.get(p.id or 0, []))}
+
+
+def _skipped(kind: str, key: str, event: Event, patient: Patient) -> _Draft:
+    assert patient.email is not None
+    return _Draft(dedupe_key=key, kind=kind, recipient=patient.email, patient_id=patient.id,
+                  event_id=event.id, event_due=event.due, context={})
+
+
+def _insert_skipped(session: Session, clock: Clock, drafts: Sequence[_Draft]) -> int:
+    """Rows that keep the once-only key of a message never sent: no body, status skipped."""
+    rows = [{
+        "dedupe_key": d.dedupe_key, "kind": d.kind, "recipient": d.recipient, "patient_id": d.patient_id,
+        "event_id": d.event_id, "event_due": d.event_due,
+        "message_id": make_message_id(d.dedupe_key, _domain(clock.settings)),
+        "subject": f"{d.kind} for {d.event_due.isoformat() if d.event_due else ''}",
+        "body_text": "", "body_html": "", "status": "skipped", "attempts": 0,
+        "next_attempt_at": clock.now, "not_after": None, "last_error": SKIPPED_WHILE_DOWN,
+        "reported": False, "created_at": clock.now,
+    } for d in drafts]
+    if not rows:
+        return 0
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    stmt = insert(Outbox).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(col(Outbox.id))
+    return len(session.connection().execute(stmt, rows).all())
+
+
 def _latest_platelets(session: Session, patient_ids: Sequence[int]) -> dict[int, float]:
     rows = [
         row
@@ -182,42 +561,6 @@ def _event_item(event: Event, patient: Patient, platelets: dict[int, float],
         "drug": drug, "amount": amount,  # a dose's drug and amount: "hydroxocobalamin", "1 mg"
         "platelets": platelets.get(patient.id or 0), "neuro": patient.neuro,
     }
-
-
-def _patient_reminders(session: Session, clock: Clock, templates: Templates, kind: str) -> int:
-    today = clock.today
-    if kind == DOSE_REMINDER:
-        if not clock.after_send_time:
-            return 0
-        window: tuple[Any, ...] = (col(Event.kind) == "dose", col(Event.due) == today + timedelta(days=1))
-    else:
-        last = today + timedelta(days=LAB_REMINDER_DAYS - (0 if clock.after_send_time else 1))
-        window = (col(Event.kind) == "lab", col(Event.due) >= today, col(Event.due) <= last)
-    query = (
-        select(Event, Patient)
-        .join(Patient, col(Patient.id) == col(Event.patient_id))
-        .where(Event.status == "planned", *window, Patient.status == "active",
-               col(Patient.opted_out).is_(False), col(Patient.email).is_not(None),
-               _not_queued(kind, Patient.email))
-        .order_by(col(Event.due), col(Event.id))
-        .limit(QUEUE_BATCH)
-    )
-
-    def drafts(rows: list[tuple[Event, Patient]]) -> list[_Draft]:
-        out = []
-        for event, patient in rows:
-            assert patient.email is not None
-            not_after = clock.start_of(event.due + timedelta(days=0 if kind == DOSE_REMINDER else 1))
-            out.append(_Draft(
-                dedupe_key=f"{kind}:{event.id}:{patient.email.lower()}", kind=kind,
-                recipient=patient.email, patient_id=patient.id, event_id=event.id,
-                event_due=event.due, not_after=not_after,
-                context={"clinic": _clinic(clock.settings), "patient": {"name": patient.name},
-                         "due": event.due, "time": ""},
-            ))
-        return out
-
-    return _queue_in_batches(session, query, drafts, clock, templates, single_day=kind == DOSE_REMINDER)
 
 
 def _queue_in_batches(session: Session, query: Any, make_drafts: Callable[[list[Any]], list[_Draft]],
@@ -303,6 +646,8 @@ def _digest(session: Session, clock: Clock, templates: Templates) -> int:
             item["overdue"] = item["due"] < today
         # A patient's overdue events of one kind are one line: "3 maintenance doses overdue since ..."
         sections[name] = group_overdue(items)
+    to_telephone, totals["to_telephone"] = _to_telephone(session, clock)
+    not_sent, totals["not_sent"] = _not_sent(session)
     failed_rows = list(session.exec(
         select(Outbox).where(Outbox.status == "failed", col(Outbox.reported).is_(False))
         .order_by(col(Outbox.id)).limit(500)
@@ -315,6 +660,8 @@ def _digest(session: Session, clock: Clock, templates: Templates) -> int:
         "clinic": _clinic(settings), "today": today,
         **sections,
         "totals": totals,
+        "to_telephone": to_telephone,
+        "not_sent": not_sent,
         "alerts": alerts,
         "failed": [{"kind": f.kind, "to": f.recipient, "subject": f.subject,
                     "error": f.last_error or ""} for f in failed_rows],
@@ -327,7 +674,62 @@ def _digest(session: Session, clock: Clock, templates: Templates) -> int:
     if failed_rows:
         session.execute(update(Outbox).where(col(Outbox.id).in_([f.id for f in failed_rows]))
                         .values(reported=True))
+    if queued:  # every skipped row is now reported (listed, or skipped for a reason no one acts on)
+        session.execute(update(Outbox).where(col(Outbox.status) == "skipped", col(Outbox.reported).is_(False))
+                        .values(reported=True))
     return queued
+
+
+def _to_telephone(session: Session, clock: Clock) -> tuple[list[dict[str, Any]], int]:
+    """Patients to call: overdue by ``telephone_overdue_days`` or more, and patients no
+    email reaches (none recorded, or opted out) with something due within
+    ``telephone_ahead_days``. One line per patient, oldest first."""
+    clinic = clock.settings.clinic
+    today = clock.today
+    late = col(Event.due) <= today - timedelta(days=clinic.telephone_overdue_days)
+    unreachable = and_(col(Event.due) >= today,
+                       col(Event.due) <= today + timedelta(days=clinic.telephone_ahead_days),
+                       or_(col(Patient.email).is_(None), col(Patient.opted_out).is_(True)))
+    planned = (col(Event.status) == "planned", col(Patient.status) == "active")
+    total = session.exec(
+        select(func.count(func.distinct(col(Event.patient_id))))
+        .select_from(Event).join(Patient, col(Patient.id) == col(Event.patient_id))
+        .where(*planned, or_(late, unreachable))
+    ).one()
+    lines: dict[int, dict[str, Any]] = {}
+    for condition, why in ((late, "late"), (unreachable, "unreachable")):
+        rows = session.exec(
+            select(Patient, func.min(col(Event.due)), func.count())
+            .join(Event, col(Event.patient_id) == col(Patient.id))
+            .where(*planned, condition)
+            .group_by(col(Patient.id))
+            .order_by(func.min(col(Event.due)), col(Patient.mrn))
+            .limit(DIGEST_SECTION_LIMIT)
+        )
+        for patient, since, count in rows:
+            line = lines.setdefault(patient.id or 0, {"mrn": patient.mrn, "name": patient.name,
+                                                      "phone": patient.phone, "reasons": []})
+            if why == "late":
+                days = (today - since).days
+                line["reasons"].append(f"overdue since {since.isoformat()} ({days} days)"
+                                       + (f", {count} events" if count > 1 else ""))
+            else:
+                channel = "opted out of messages" if patient.email else "no email address"
+                line["reasons"].append(f"{channel}; due {since.isoformat()}")
+    return list(lines.values())[:DIGEST_SECTION_LIMIT], int(total)
+
+
+def _not_sent(session: Session) -> tuple[list[dict[str, Any]], int]:
+    """Patient messages skipped because their moment passed, not yet in a digest."""
+    where = (col(Outbox.status) == "skipped", col(Outbox.reported).is_(False),
+             col(Outbox.kind).in_(list(PATIENT_KINDS)), col(Outbox.last_error).like(MOMENT_PASSED))
+    total = session.exec(select(func.count()).select_from(Outbox).where(*where)).one()
+    rows = session.exec(
+        select(Outbox, Patient).join(Patient, col(Patient.id) == col(Outbox.patient_id))
+        .where(*where).order_by(col(Patient.mrn), col(Outbox.id)).limit(DIGEST_SECTION_LIMIT)
+    )
+    return [{"kind": o.kind, "mrn": p.mrn, "name": p.name, "phone": p.phone, "due": o.event_due}
+            for o, p in rows], int(total)
 
 
 def _urgent_alerts(session: Session, clock: Clock, templates: Templates) -> int:
@@ -368,6 +770,8 @@ def queue_due_messages(engine: Engine, settings: Settings, now: datetime,
         lambda s: _urgent_alerts(s, clock, templates),
         lambda s: _patient_reminders(s, clock, templates, DOSE_REMINDER),
         lambda s: _patient_reminders(s, clock, templates, LAB_REMINDER),
+        lambda s: _changed_notices(s, clock, templates),
+        lambda s: _missed_followups(s, clock, templates),
         lambda s: _overdue_notices(s, clock, templates),
         lambda s: _digest(s, clock, templates),
     ):
@@ -527,6 +931,8 @@ def _stale_reason(row: Outbox, now: datetime, events: dict[int, Event],
     if row.not_after is not None and now >= row.not_after:
         return "its time has passed"
     patient = patients.get(row.patient_id) if row.patient_id else None
+    if row.kind in (CHANGED, MISSED):
+        return notice_stale_reason(row, events.get(row.event_id) if row.event_id else None, patient)
     if patient is not None and patient.status != "active":
         return "the patient was discharged"
     if row.kind in PATIENT_KINDS and patient is not None and (patient.opted_out or not patient.email):

@@ -18,7 +18,7 @@ from scheduler.alerts import AlertPolicy
 from scheduler.config import Settings
 from scheduler.db import transaction
 from scheduler.mailer import Mailer
-from scheduler.outbox import deliver, queue_due_messages
+from scheduler.outbox import deliver, queue_due_messages, skip_passed_moments
 from scheduler.planning import ROLL_FORWARD_BELOW_MONTHS, add_months
 from scheduler.safety import due_for_alert_check
 from scheduler.store import replan_many
@@ -96,6 +96,7 @@ def run_pass(engine: Engine, settings: Settings, now: datetime, mailer: Mailer |
     """Plan forward, queue what is due at ``now``, deliver what is queued."""
     report = PassReport()
     report.replanned = roll_forward(engine, settings, now)
+    passed_over = skip_passed_moments(engine, settings, now)  # days a downtime passed over
     try:
         report.queued = queue_due_messages(engine, settings, now)
     except Exception:
@@ -103,7 +104,7 @@ def run_pass(engine: Engine, settings: Settings, now: datetime, mailer: Mailer |
         deliver(engine, settings, now, mailer)
         raise
     delivery = deliver(engine, settings, now, mailer)
-    report.sent, report.skipped = delivery.sent, delivery.skipped
+    report.sent, report.skipped = delivery.sent, delivery.skipped + passed_over
     report.retried, report.failed = delivery.retried, delivery.failed
     report.server_down = delivery.server_down
     log.info("pass: %s", report)

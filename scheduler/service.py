@@ -825,3 +825,20 @@ def lab_missing(record: PatientRecord, event: Event) -> list[str]:
     """The tests of a done lab order still without a result (``missing``)."""
     recorded = [r.code for r in record.results_in_force if r.order_key == event.key]
     return labs.missing_tests(event.tests.split(), recorded)
+# -- reminders -----------------------------------------------------------------------
+
+LOADING_REMINDER_CHOICES = ("every-dose", "first-of-week")
+
+
+def set_loading_reminders(session: Session, ctx: Context, mrn: str, choice: str) -> bool:
+    """Which loading doses the patient is reminded of: ``every-dose`` (the default) or
+    ``first-of-week`` (the first of each calendar week). Returns whether anything changed."""
+    if choice not in LOADING_REMINDER_CHOICES:
+        raise BadInput(f"--loading {choice!r}: choose {' or '.join(LOADING_REMINDER_CHOICES)}")
+    patient = get_patient(session, mrn, for_update=True)
+    if patient.loading_reminders == choice:
+        return False
+    audit(session, ctx.actor, "reminders", patient, loading=choice, was=patient.loading_reminders)
+    patient.loading_reminders = choice
+    session.add(patient)
+    return True

@@ -193,9 +193,12 @@ def save_plan(session: Session, record: PatientRecord, events: Iterable[domain.P
         }
         row = existing.pop(planned.key, None)
         if row is None:
-            row = Event(patient_id=record.patient.id or 0, key=planned.key, updated_at=now, **values)
+            row = Event(patient_id=record.patient.id or 0, key=planned.key, updated_at=now, due_set_at=now,
+                        **values)
             session.add(row)
         elif any(getattr(row, name) != values[name] for name in _EVENT_FIELDS):
+            if row.due != values["due"] or row.status != values["status"]:
+                row.due_set_at = now  # reminders and changed messages count from here
             for name, value in values.items():
                 setattr(row, name, value)
             row.updated_at = now

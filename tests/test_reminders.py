@@ -147,9 +147,12 @@ def test_lab_reminder_goes_seven_days_before_at_send_time(mailing_clinic, smtp):
     assert lab.rcpt_tos == ["ann@patient.example"]
 
 
-def test_lab_reminder_goes_at_once_when_the_lab_is_nearer_than_seven_days(mailing_clinic, smtp):
-    enrol(mailing_clinic)
-    tick(mailing_clinic, "2026-03-01T03:00")  # a Sunday night, baseline due tomorrow
+def test_lab_reminder_goes_at_send_time_when_the_lab_is_nearer_than_seven_days(mailing_clinic, smtp):
+    with freeze_time("2026-03-01T02:00:00Z"):  # enrolled on a Sunday night, baseline due tomorrow
+        enrol(mailing_clinic)
+    tick(mailing_clinic, "2026-03-01T03:00")
+    assert not of_kind(smtp, "lab-reminder")  # never a night message
+    tick(mailing_clinic, "2026-03-01T08:00")
     [lab] = of_kind(smtp, "lab-reminder")
     assert "Monday 2 March 2026" in lab.message["Subject"]
 
@@ -365,7 +368,7 @@ def test_a_template_with_a_missing_variable_fails_the_pass_but_nothing_is_lost(c
     result = clinic.cobalt("tick", "--now", "2026-03-03T08:00")
     assert result.code == 1 and "appointment_time" in result.err and len(result.err.splitlines()) == 1
     assert dose_reminders(smtp) == []
-    assert of_kind(smtp, "lab-reminder") and of_kind(smtp, "digest")  # the other kinds went out
+    assert of_kind(smtp, "overdue") and of_kind(smtp, "digest")  # the other kinds went out
     subject.write_text(shipped)
     tick(clinic, "2026-03-03T08:05")
     assert len(dose_reminders(smtp)) == 1

@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from conftest import COBALT
+from freezegun import freeze_time
 from smtp_sink import SmtpSink
 
 from scheduler.runner import build_scheduler
@@ -58,9 +59,12 @@ def test_cobalt_run_sends_reminders_and_stops_cleanly_on_sigterm(clinic):
                          extra="[scheduler]\npass_every_seconds = 1\n")
         (clinic.path / "cobalt.toml").write_text(
             (clinic.path / "cobalt.toml").read_text().replace('send_time = "08:00"', 'send_time = "00:00"'))
-        tomorrow = (datetime.now(UTC).date() + timedelta(days=1)).isoformat()
-        assert clinic.exe("enroll", "--mrn", "R1", "--name", "Ann", "--email", "ann@patient.example",
-                          "--start", tomorrow, "--protocol", "hydroxo").code == 0
+        today = datetime.now(UTC).date()
+        tomorrow = (today + timedelta(days=1)).isoformat()
+        # Enrolled before today's send_time (00:00), so today's reminders include it.
+        with freeze_time(datetime.combine(today, datetime.min.time()) - timedelta(minutes=5)):
+            assert clinic.cobalt("enroll", "--mrn", "R1", "--name", "Ann", "--email", "ann@patient.example",
+                                 "--start", tomorrow, "--protocol", "hydroxo").code == 0
         proc = spawn(clinic, "run")
         try:
             def got_reminder():
@@ -112,5 +116,7 @@ def test_two_tick_processes_at_once_send_each_reminder_once(clinic):
             _, err = proc.communicate(timeout=120)
             assert proc.returncode == 0, err
         ids = collections.Counter(m.message["Message-ID"] for m in smtp.messages)
-        assert len(ids) == 25 * 3 + 1  # a dose and a lab reminder, an overdue baseline lab; the digest
+        # A dose reminder and an overdue baseline lab each, and the digest (the early-response
+        # lab's reminder fell on 2 March, seven days before it).
+        assert len(ids) == 25 * 2 + 1
         assert set(ids.values()) == {1}

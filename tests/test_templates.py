@@ -30,7 +30,15 @@ from scheduler.technique import (
     injection_note,
 )
 
-CLINIC = {"name": "Riverside clinic", "email": "clinic@example.org", "timezone": "Europe/Berlin"}
+CLINIC = {
+    "name": "Riverside clinic",
+    "email": "clinic@example.org",
+    "timezone": "Europe/Berlin",
+    "address": "12 River Road, Leeds LS1 4AB",
+    "phone": "0113 496 0000",
+    "hours": "Monday to Friday, 08:00-17:00",
+}
+REMINDERS = ("dose-reminder", "lab-reminder")
 TODAY = date(2026, 3, 5)
 
 # Words a patient message must never carry: diagnosis, drug, tests, lab units.
@@ -69,6 +77,16 @@ def digest_item(**changes: Any) -> dict[str, Any]:
 
 def full_context(kind: str) -> dict[str, Any]:
     """A complete context for ``kind``, as the scheduler builds it."""
+    if kind == "changed":
+        return {
+            "clinic": CLINIC,
+            "patient": {"name": "Ann Lee"},
+            "what": "appointment",
+            "old": date(2026, 3, 4),
+            "new": date(2026, 3, 6),
+        }
+    if kind == "missed":
+        return {"clinic": CLINIC, "patient": {"name": "Ann Lee"}, "due": date(2026, 3, 2)}
     if kind in PATIENT_KINDS:
         return {
             "clinic": CLINIC,
@@ -129,7 +147,17 @@ def full_context(kind: str) -> dict[str, Any]:
                     "since": date(2026, 3, 1),
                 },
             ],
-            "totals": {"due_today": 1, "overdue": 2, "upcoming": 1},
+            "totals": {"due_today": 1, "overdue": 2, "upcoming": 1, "to_telephone": 2, "not_sent": 1},
+            "to_telephone": [
+                {"mrn": "M200", "name": "Bo Park", "phone": "07700 900123",
+                 "reasons": ["overdue since 2026-02-20 (13 days)"]},
+                {"mrn": "M500", "name": "Ed Moss", "phone": None,
+                 "reasons": ["no email address; due 2026-03-06"]},
+            ],
+            "not_sent": [
+                {"kind": "dose-reminder", "mrn": "M600", "name": "Fay Ng", "phone": "07700 900456",
+                 "due": date(2026, 3, 4)},
+            ],
             "failed": [
                 {
                     "kind": "dose-reminder",
@@ -266,7 +294,7 @@ def test_patient_reminder_never_mentions_a_diagnosis_drug_test_or_lab_value(
         assert word not in content, f"{kind} {part} says {word!r}"
 
 
-@pytest.mark.parametrize("kind", PATIENT_KINDS)
+@pytest.mark.parametrize("kind", REMINDERS)
 def test_patient_reminder_says_when_where_and_how_to_rearrange(
     templates: Templates, kind: str
 ) -> None:
@@ -281,7 +309,7 @@ def test_patient_reminder_says_when_where_and_how_to_rearrange(
     assert "Wednesday 4 March 2026" in message.subject
 
 
-@pytest.mark.parametrize("kind", PATIENT_KINDS)
+@pytest.mark.parametrize("kind", REMINDERS)
 def test_patient_reminder_without_a_time_gives_only_the_date(
     templates: Templates, kind: str
 ) -> None:
@@ -345,15 +373,17 @@ def test_digest_says_none_for_each_empty_section(templates: Templates) -> None:
         "due_today": [],
         "overdue": [],
         "upcoming": [],
-        "totals": {"due_today": 0, "overdue": 0, "upcoming": 0},
+        "totals": {"due_today": 0, "overdue": 0, "upcoming": 0, "to_telephone": 0, "not_sent": 0},
+        "to_telephone": [],
+        "not_sent": [],
         "alerts": [],
         "failed": [],
     }
 
     message = render(templates, "digest", context)
 
-    assert message.text.count("\nnone\n") == 5
-    assert message.html.count("<p>none</p>") == 5
+    assert message.text.count("\nnone\n") == 7
+    assert message.html.count("<p>none</p>") == 7
 
 
 def test_alert_names_the_patient_the_code_and_what_to_do(templates: Templates) -> None:
@@ -475,7 +505,8 @@ def test_the_approved_sites_never_include_the_buttock_without_saying_why() -> No
 
 
 def test_digest_counts_what_it_does_not_list(templates: Templates) -> None:
-    context = full_context("digest") | {"totals": {"due_today": 1, "overdue": 502, "upcoming": 1}}
+    context = full_context("digest") | {
+        "totals": {"due_today": 1, "overdue": 502, "upcoming": 1, "to_telephone": 2, "not_sent": 1}}
 
     message = render(templates, "digest", context)
 
@@ -495,3 +526,86 @@ def test_below_25_the_note_follows_the_recorded_neuro_flag(templates: Templates,
     message = render(templates, "overdue", context)
 
     assert says in message.text and says in message.html
+
+
+# -- truthful messages: where, changed, missed, to telephone ------------------------
+
+
+@pytest.mark.parametrize("kind", PATIENT_KINDS)
+def test_every_patient_message_gives_the_clinics_address_telephone_and_hours(
+    templates: Templates, kind: str
+) -> None:
+    message = render(templates, kind)
+
+    for content in (message.text, visible_text(message.html)):
+        assert "Where: Riverside clinic, 12 River Road, Leeds LS1 4AB" in " ".join(content.split()) \
+            or "Where Riverside clinic, 12 River Road, Leeds LS1 4AB" in " ".join(content.split())
+        assert "Telephone 0113 496 0000" in content
+        assert "Monday to Friday, 08:00-17:00" in content
+        assert "clinic@example.org" in content
+
+
+@pytest.mark.parametrize("kind", PATIENT_KINDS)
+def test_a_clinic_without_address_telephone_or_hours_still_renders(templates: Templates, kind: str) -> None:
+    context = full_context(kind) | {"clinic": CLINIC | {"address": "", "phone": "", "hours": ""}}
+
+    message = render(templates, kind, context)
+
+    assert "Where: Riverside clinic\n" in message.text
+    assert "Telephone" not in message.text and "Open" not in message.text
+
+
+def test_a_moved_event_tells_the_old_date_the_new_one_and_how_to_rearrange(templates: Templates) -> None:
+    message = render(templates, "changed")
+
+    assert message.subject == "Your appointment at Riverside clinic has moved to Friday 6 March 2026"
+    for content in (message.text, visible_text(message.html)):
+        flat = " ".join(content.split())
+        assert "Wednesday 4 March 2026 (no longer)" in flat
+        assert "Friday 6 March 2026" in flat
+        assert "If the day does not suit you" in flat and "0113 496 0000" in flat
+
+
+def test_a_cancelled_event_says_so_and_gives_no_new_date(templates: Templates) -> None:
+    context = full_context("changed") | {"what": "blood test", "new": None}
+
+    message = render(templates, "changed", context)
+
+    assert message.subject == "Your blood test at Riverside clinic on Wednesday 4 March 2026 is cancelled"
+    for content in (message.text, visible_text(message.html)):
+        flat = " ".join(content.split())
+        assert "blood test on Wednesday 4 March 2026 is cancelled" in flat
+        assert "please do not come" in flat
+        assert "March 2026" not in flat.replace("Wednesday 4 March 2026", "")
+
+
+def test_the_missed_follow_up_says_we_missed_you_and_asks_to_book(templates: Templates) -> None:
+    message = render(templates, "missed")
+
+    assert "We missed you" in message.subject and "Monday 2 March 2026" in message.subject
+    for content in (message.text, visible_text(message.html)):
+        flat = " ".join(content.split())
+        assert "We missed you at your appointment on Monday 2 March 2026" in flat
+        assert "please book a new appointment" in flat and "0113 496 0000" in flat
+
+
+def test_the_digest_lists_whom_to_telephone_with_their_numbers_and_what_was_not_sent(
+    templates: Templates,
+) -> None:
+    message = render(templates, "digest")
+
+    for content in (message.text, visible_text(message.html)):
+        assert "To telephone (2)" in content
+        assert "M200 Bo Park" in content and "07700 900123" in content
+        assert "overdue since 2026-02-20 (13 days)" in content
+        assert "M500 Ed Moss" in content and "no telephone number recorded" in content
+        assert "Reminders not sent because their moment passed (1)" in content
+        assert "M600 Fay Ng" in content and "2026-03-04" in content and "07700 900456" in content
+    assert "2 to telephone" in message.subject
+
+
+def test_every_kind_fails_on_a_missing_clinic_address_key(templates: Templates) -> None:
+    for kind in KINDS:
+        context = full_context(kind) | {"clinic": {k: v for k, v in CLINIC.items() if k != "hours"}}
+        with pytest.raises(TemplateError, match="hours"):
+            render(templates, kind, context)
