@@ -190,7 +190,8 @@ def test_two_orders_due_on_one_day_make_one_reminder(clinic_with_mail, smtp):
     clinic = clinic_with_mail
     enrol(clinic, moment="2026-03-01T06:00")  # Sunday morning: baseline due Monday 2 March
     # A borderline B12 taken on Sunday orders mma "at once": the next open day, Monday 2 March too.
-    run(clinic, "2026-03-01T06:30", "lab", "P1", "--order", "early-response", "--result", "b12=180")
+    # (recorded against the 3-month order, so that the baseline order stays open)
+    run(clinic, "2026-03-01T06:30", "lab", "P1", "--order", "3-month", "--result", "b12=180")
     due = [e for e in run(clinic, "2026-03-01T06:31", "schedule", "P1", "--json").json()["events"]
            if e["kind"] == "lab" and e["status"] == "planned" and e["due"] == START]
     assert sorted(e["label"] for e in due) == ["baseline", "mma"]
