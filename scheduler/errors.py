@@ -23,3 +23,11 @@ class ConfigError(BadInput):
 
 class SchemaOutOfDate(CobaltError):
     """The database is behind the newest migration: run ``cobalt db upgrade``."""
+
+
+class FieldError(BadInput):
+    """One field of a request is wrong; ``field`` names it (``mrn``, ``email``, ...)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
