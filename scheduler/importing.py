@@ -266,9 +266,11 @@ def _shape(kind: str, line: int, cells: dict[str, str], problems: list[Problem])
                {"on": on, "code": code, "value": cells["value"], "order": order})
 
 
-def sorted_rows(rows: Iterable[Row], chunk: int = SORT_CHUNK_ROWS) -> Iterator[Row]:
+def sorted_rows(rows: Iterable[Row], chunk: int | None = None) -> Iterator[Row]:
     """``rows`` in order, holding at most ``chunk`` of them in memory: sorted runs
     spill to temporary files and are merged."""
+    chunk = chunk or SORT_CHUNK_ROWS
+    rows = iter(rows)
     runs: list[IO[bytes]] = []
     try:
         while True:
@@ -603,16 +605,14 @@ def _current(record: PatientRecord) -> Any:
     return max(record.regimens, key=lambda r: r.number)
 
 
-def _finish(record: PatientRecord, made: Replanned | None, writer: _Writer, live: dict[int, list[Any]],
-            pernicious_before: bool) -> None:
+def _finish(record: PatientRecord, made: Replanned | None, writer: _Writer, live: dict[int, list[Any]]) -> None:
     if made is None:
         return
     patient = record.patient
     writer.plan(record, made, live)
-    update = {"b_id": patient.id, "planned_through": made.planned_through}
-    if patient.pernicious != pernicious_before:
-        update["pernicious"] = patient.pernicious
-    writer.patient_updates.append(update)
+    writer.patient_updates.append(
+        {"b_id": patient.id, "planned_through": made.planned_through, "pernicious": patient.pernicious}
+    )
 
 
 def _import_doses(session: Session, ctx: Context, batch: list[list[Row]], problems: list[Problem],
@@ -652,7 +652,7 @@ def _import_doses(session: Session, ctx: Context, batch: list[list[Row]], proble
             report.added += 1
         if made is not None:
             report.patients += 1
-        _finish(record, made, writer, live, patient.pernicious)
+        _finish(record, made, writer, live)
 
 
 def _same_result(old: Any, code: str, value: float | None, text: str | None, on: date) -> bool:
@@ -667,7 +667,6 @@ def _import_labs(session: Session, ctx: Context, batch: list[list[Row]], problem
         if record is None:
             continue
         patient = record.patient
-        pernicious_before = patient.pernicious
         events: Sequence[Any] = record.events
         made: Replanned | None = None
         existing = list(record.results)
@@ -721,7 +720,7 @@ def _import_labs(session: Session, ctx: Context, batch: list[list[Row]], problem
             report.added += len(parsed)
         if made is not None:
             report.patients += 1
-        _finish(record, made, writer, live, pernicious_before)
+        _finish(record, made, writer, live)
 
 
 def example_header(kind: str) -> str:
