@@ -244,10 +244,25 @@ def cmd_schedule(app: App) -> None:
     app.out(data, text)
 
 
-def cmd_due(app: App) -> None:
-    from scheduler import db, service
+def due_json(session: Any, on: date, until: date) -> list[dict[str, Any]]:
+    """The rows of ``due --json`` (and of ``export csv worklist``)."""
+    from scheduler import service
     from scheduler.safety import open_alerts_by_patient
     from scheduler.store import event_json
+
+    rows = service.worklist(session, until)
+    alerts = open_alerts_by_patient(session, {p.id for _, p in rows if p.id is not None})
+    data = []
+    for event, patient in rows:
+        item = event_json(event)
+        item.update(mrn=patient.mrn, name=patient.name, overdue=event.due < on,
+                    alerts=alerts.get(patient.id or 0, []))
+        data.append(item)
+    return data
+
+
+def cmd_due(app: App) -> None:
+    from scheduler import db
 
     on = app.args.on or app.today
     days = app.args.days or 0
@@ -258,14 +273,7 @@ def cmd_due(app: App) -> None:
     except OverflowError:
         raise BadInput(f"--days {days} reaches beyond the calendar") from None
     with db.transaction(app.engine) as session:
-        rows = service.worklist(session, until)
-        alerts = open_alerts_by_patient(session, {p.id for _, p in rows if p.id is not None})
-        data = []
-        for event, patient in rows:
-            item = event_json(event)
-            item.update(mrn=patient.mrn, name=patient.name, overdue=event.due < on,
-                        alerts=alerts.get(patient.id or 0, []))
-            data.append(item)
+        data = due_json(session, on, until)
 
     def text() -> str:
         if not data:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from scheduler.errors import BadInput
 
@@ -92,35 +93,42 @@ def cmd_import(app: App) -> None:
     app.out(report.__dict__, report.text())
 
 
-def _write(app: App, text: str) -> None:
-    output: Path | None = app.args.output
-    if output is None:
-        sys.stdout.write(text)
+@contextmanager
+def _output(app: App) -> Iterator[IO[str]]:
+    """Standard output, or the file named by ``-o`` (written only if the export succeeds)."""
+    target: Path | None = app.args.output
+    if target is None:
+        yield sys.stdout
         return
+    partial = target.with_name(f".{target.name}.partial")
     try:
-        output.write_text(text, encoding="utf-8", newline="")
+        with partial.open("w", encoding="utf-8", newline="") as stream:
+            yield stream
+        partial.replace(target)
     except OSError as exc:
-        raise BadInput(f"cannot write {output}: {exc.strerror}") from None
+        raise BadInput(f"cannot write {target}: {exc.strerror}") from None
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def cmd_export(app: App) -> None:
     from scheduler import db
 
     with db.transaction(app.engine) as session:
+        if app.args.format == "csv":
+            from scheduler import export_csv
+
+            with _output(app) as stream:
+                export_csv.export(session, stream, app.args.what, today=app.today, on=app.args.on,
+                                  days=app.args.days)
+            return
         if app.args.format == "ics":
             from scheduler import export_ics
 
             text = export_ics.patient_calendar(session, app.settings, app.args.mrn)
-        elif app.args.format == "fhir":
+        else:
             from scheduler import export_fhir
 
             text = export_fhir.patient_bundle_json(session, app.settings, app.args.mrn)
-        else:
-            from scheduler import export_csv
-
-            days = app.args.days
-            if days is not None and days < 0:
-                raise BadInput("--days must not be negative")
-            text = export_csv.export(session, app.args.what, on=app.args.on or app.today, days=days,
-                                     today=app.today, on_given=app.args.on is not None)
-    _write(app, text)
+    with _output(app) as stream:
+        stream.write(text)

@@ -27,6 +27,7 @@ class ClinicSettings:
     email: str = "clinic@example.org"
     send_time: str = "08:00"
     neuro_review_days: int = 14  # clinic policy: hydroxo-neuro "improvement continuing?" reviews
+    calendar_drug_names: bool = True  # patient calendar entries name the drug and dose
 
     @property
     def tz(self) -> ZoneInfo:

@@ -37,6 +37,7 @@ from sqlmodel import Session, col, select
 from models import Event, LabResult, Outbox, Patient
 from scheduler.config import Settings
 from scheduler.db import chunked, transaction
+from scheduler.export_ics import reminder_calendars
 from scheduler.mailer import FileMailer, Mailer, PermanentSendError, SmtpMailer, TemporarySendError
 from scheduler.messages import PATIENT_KINDS, Message, Templates, make_message_id
 from scheduler.safety import list_open_alerts, mark_notified, pending_urgent_alerts
@@ -429,9 +430,9 @@ def _finish(engine: Engine, row: Outbox, token: str, **values: Any) -> None:
         )
 
 
-def _as_message(row: Outbox) -> Message:
+def _as_message(row: Outbox, calendar: str | None = None) -> Message:
     return Message(kind=row.kind, to=row.recipient, subject=row.subject, text=row.body_text,
-                   html=row.body_html, message_id=row.message_id)
+                   html=row.body_html, message_id=row.message_id, calendar=calendar)
 
 
 def deliver(engine: Engine, settings: Settings, now: datetime, mailer: Mailer | None = None,
@@ -451,6 +452,7 @@ def deliver(engine: Engine, settings: Settings, now: datetime, mailer: Mailer | 
             patient_ids = [r.patient_id for r in rows if r.patient_id is not None]
             events = {e.id: e for e in session.exec(select(Event).where(col(Event.id).in_(event_ids)))}
             patients = {p.id: p for p in session.exec(select(Patient).where(col(Patient.id).in_(patient_ids)))}
+            calendars = reminder_calendars(session, settings, rows, events)  # the event, for the patient
         outage = False
         retry_at = now
         with mailer.session() as sender:
@@ -465,7 +467,7 @@ def deliver(engine: Engine, settings: Settings, now: datetime, mailer: Mailer | 
                     continue
                 attempts = row.attempts + 1
                 try:
-                    sender.send(_as_message(row))
+                    sender.send(_as_message(row, calendars.get(row.id or 0)))
                 except TemporarySendError as exc:
                     retry_at = now + backoff(settings, attempts)
                     if attempts >= settings.scheduler.max_attempts:
