@@ -31,9 +31,10 @@ import itertools
 import pickle
 import re
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from functools import partial
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -449,6 +450,15 @@ class _Writer:
         self.patient_updates.clear()
 
 
+def _refusal(check: Callable[[], object], column: str) -> tuple[str, BadInput] | None:
+    """The column and the refusal, if ``check`` refuses."""
+    try:
+        check()
+    except BadInput as exc:
+        return column, exc
+    return None
+
+
 def _problem(problems: list[Problem], line: int, column: str, exc: BadInput) -> None:
     problems.append(Problem(line, exc.field if isinstance(exc, FieldError) else column, str(exc)))
 
@@ -634,6 +644,10 @@ def _import_doses(session: Session, ctx: Context, batch: list[list[Row]], proble
             regimen = _current(record)
             try:
                 service.check_active(patient)
+            except BadInput as exc:
+                _problem(problems, row.line, "mrn", exc)
+                continue
+            try:
                 event = service.check_dose(
                     ctx, row.mrn, on, regimen_number=regimen.number, regimen_start=regimen.start,
                     regimen_protocol=regimen.protocol, given=[d.given_on for d in record.doses],
@@ -681,12 +695,12 @@ def _import_labs(session: Session, ctx: Context, batch: list[list[Row]], problem
                     rows.append(row)
             if not rows:
                 continue
-            try:
-                service.check_active(patient)
-                service.not_future(ctx, on, "a lab result")
-            except BadInput as exc:
+            refusal = (_refusal(partial(service.check_active, patient), "mrn")
+                       or _refusal(partial(service.not_future, ctx, on, "a lab result"), "on"))
+            if refusal:
+                column, exc = refusal
                 for row in rows:
-                    _problem(problems, row.line, "on", exc)
+                    _problem(problems, row.line, column, exc)
                 continue
             seen: dict[str, int] = {}
             for row in rows:

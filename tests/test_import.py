@@ -353,3 +353,12 @@ def test_imported_results_complete_the_nearest_open_order(cli: Clinic) -> None:
     labs = {e["label"]: e for e in cli.cobalt("schedule", "X1", "--json").json()["events"] if e["kind"] == "lab"}
     assert labs["baseline"]["status"] == "done" and labs["baseline"]["done_on"] == "2026-03-02"
     assert labs["early-response"]["status"] == "done"
+
+
+def test_history_for_a_discharged_patient_is_refused_on_its_mrn(cli: Clinic) -> None:
+    enrol(cli)
+    assert cli.cobalt("discharge", "X1", "--on", "2026-03-10", "--reason", "moved away").code == 0
+    doses = write(cli, "d.csv", "mrn,given_on\nX1,2026-03-12\n")
+    assert "line 2, column mrn: patient X1 was discharged on 2026-03-10" in refused(cli, "doses", doses)
+    results = write(cli, "l.csv", "mrn,on,code,value\nX1,2026-03-12,hb,12\n")
+    assert "line 2, column mrn: patient X1 was discharged on 2026-03-10" in refused(cli, "labs", results)
