@@ -8,7 +8,7 @@ R5 and ship R4B (4.3) beside it; the last release with plain R4 (6.x) needs
 pydantic 1, which Cobalt's other libraries do not allow. R4B left Patient,
 CarePlan, MedicationAdministration, Observation and ServiceRequest as they were
 in R4 (hl7.org/fhir/R4B/r4b-explanation.html), so what is written here is valid
-R4 too (docs/fhir.md).
+R4 too (docs/decisions.md, Exports).
 
 In the bundle:
 

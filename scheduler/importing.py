@@ -119,11 +119,12 @@ class ImportReport:
     dry_run: bool = False
 
     def text(self) -> str:
-        noun = {"patients": "patients", "doses": "doses", "labs": "lab results"}[self.kind]
-        verb = "would be imported" if self.dry_run else "imported"
-        return (f"{self.added} {noun} {verb}, {self.unchanged} already recorded"
-                f" ({self.rows} rows; nothing written)" if self.dry_run else
-                f"{self.added} {noun} {verb}, {self.unchanged} already recorded ({self.rows} rows)")
+        noun = {"patients": ("patient", "patients"), "doses": ("dose", "doses"),
+                "labs": ("lab result", "lab results")}[self.kind][self.added != 1]
+        if self.dry_run:
+            return (f"{self.added} {noun} would be imported, {self.unchanged} already recorded "
+                    f"({self.rows} rows; nothing written)")
+        return f"{self.added} {noun} imported, {self.unchanged} already recorded ({self.rows} rows)"
 
 
 # -- 1. parse --------------------------------------------------------------------------

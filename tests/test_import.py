@@ -195,7 +195,7 @@ def test_a_dry_run_checks_everything_and_writes_nothing(cli: Clinic) -> None:
     path = write(cli, "p.csv", patients_csv("D1,Dee,,,,2026-03-02,,,,,,,"))
     result = cli.cobalt("import", "patients", path, "--dry-run")
     assert result.code == 0, result.err
-    assert "1 patients would be imported" in result.out
+    assert "1 patient would be imported" in result.out
     assert counts(cli)["Patient"] == 0
 
 
