@@ -320,6 +320,11 @@ def import_file(engine: Engine, ctx: Context, kind: str, path: Path, *, dry_run:
     problems: list[Problem] = []
     report = ImportReport(kind, dry_run=dry_run)
     rows = sorted_rows(read_rows(path, kind, problems, reporter))
+    # The first sorted row comes once the whole file is read and sorted: the
+    # database is not locked while a large file streams in.
+    head = next(rows, None)
+    rows = itertools.chain([head], rows) if head is not None else iter(())
+    reporter.phase("importing", None)
     try:
         with db.transaction(engine) as session:
             _run(session, ctx, kind, path, rows, problems, report, reporter, dry_run)
@@ -335,22 +340,17 @@ class _DryRun(Exception):
 def _run(session: Session, ctx: Context, kind: str, path: Path, rows: Iterator[Row], problems: list[Problem],
          report: ImportReport, reporter: Reporter, dry_run: bool) -> None:
     step = {"patients": _import_patients, "doses": _import_doses, "labs": _import_labs}[kind]
-    if True:
-        writer = _Writer(session, ctx, write=not dry_run)
-        first = True
-        for batch in _patients(rows):
-            if first:  # the file has been read and sorted: now the patients
-                reporter.phase("importing", None)
-                first = False
-            report.rows += sum(len(group) for group in batch)
-            writer.write = not dry_run and not problems
-            step(session, ctx, batch, problems, report, writer)
-            writer.flush()
-            reporter.advance(sum(len(group) for group in batch))
-        if problems:
-            raise ImportRefused(path, problems)
-        if dry_run:
-            raise _DryRun
+    writer = _Writer(session, ctx, write=not dry_run)
+    for batch in _patients(rows):
+        report.rows += sum(len(group) for group in batch)
+        writer.write = not dry_run and not problems  # after a bad row: check on, write no more
+        step(session, ctx, batch, problems, report, writer)
+        writer.flush()
+        reporter.advance(sum(len(group) for group in batch))
+    if problems:
+        raise ImportRefused(path, problems)
+    if dry_run:
+        raise _DryRun
 
 
 @dataclass
