@@ -119,6 +119,8 @@ class ImportReport:
     dry_run: bool = False
 
     def text(self) -> str:
+        if self.rows == 0:
+            return "nothing to import: the file has a header and no rows"
         noun = {"patients": ("patient", "patients"), "doses": ("dose", "doses"),
                 "labs": ("lab result", "lab results")}[self.kind][self.added != 1]
         if self.dry_run:

@@ -362,3 +362,10 @@ def test_history_for_a_discharged_patient_is_refused_on_its_mrn(cli: Clinic) -> 
     assert "line 2, column mrn: patient X1 was discharged on 2026-03-10" in refused(cli, "doses", doses)
     results = write(cli, "l.csv", "mrn,on,code,value\nX1,2026-03-12,hb,12\n")
     assert "line 2, column mrn: patient X1 was discharged on 2026-03-10" in refused(cli, "labs", results)
+
+
+def test_a_file_with_only_a_header_imports_nothing_and_says_so(cli: Clinic) -> None:
+    path = write(cli, "p.csv", patients_csv())
+    result = cli.cobalt("import", "patients", path)
+    assert result.code == 0, result.err
+    assert result.out.strip() == "nothing to import: the file has a header and no rows"
