@@ -214,3 +214,27 @@ def test_a_dose_reminder_carries_the_event_as_a_calendar_attachment(clinic: Clin
     (event,) = vevents(parts[0].get_payload(decode=True).decode())
     assert str(event["UID"]) == f"cobalt-event-{dose2['id']}@clinic.example"
     assert event.decoded("DTSTART") == date(2026, 3, 4)
+
+
+def test_every_kind_of_patient_exports_a_valid_bundle(cli: Clinic) -> None:
+    run(cli, "enroll", "--mrn", "C1", "--name", "Cy", "--protocol", "cyano", "--start", "2026-03-02", "--hb", "4.5")
+    for day in ("2026-03-02", "2026-03-03"):
+        run(cli, "give", "C1", "--on", day)
+    run(cli, "enroll", "--mrn", "N1", "--name", "Neu", "--neuro", "--start", "2026-02-02")
+    run(cli, "give", "N1", "--on", "2026-02-02")
+    run(cli, "end-loading", "N1", "--on", "2026-02-20")
+    run(cli, "enroll", "--mrn", "D1", "--name", "Dee", "--start", "2026-03-02")
+    run(cli, "lab", "D1", "--on", "2026-03-02", "--result", "if-antibodies=positive", "gastrin=1200")
+    run(cli, "discharge", "D1", "--on", "2026-03-10", "--reason", "moved away")
+    for mrn in ("C1", "N1", "D1"):
+        text = run(cli, "export", "fhir", mrn).out
+        Bundle.model_validate_json(text)
+        data = json.loads(text)
+        assert set(references(data)) <= {entry["fullUrl"] for entry in data["entry"]}
+        statuses = {a["detail"]["status"] for entry in data["entry"] if entry["resource"]["resourceType"] == "CarePlan"
+                    for a in entry["resource"]["activity"]}
+        assert statuses
+        if mrn == "C1":
+            assert "on-hold" in statuses  # phase 2, held until the response is confirmed
+        if mrn == "D1":
+            assert "cancelled" in statuses
