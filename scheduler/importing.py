@@ -66,7 +66,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 KINDS = tuple(COLUMNS)
 
 BATCH_PATIENTS = 500  # patients validated, planned and written together
-SORT_CHUNK_ROWS = 100_000  # rows held in memory at once while sorting
+SORT_CHUNK_ROWS = 50_000  # rows held in memory at once while sorting (a few tens of MB)
 _BOOLEANS = {"true": True, "false": False, "": False}
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _BOM = codecs.BOM_UTF8
