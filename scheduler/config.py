@@ -119,6 +119,7 @@ class ClinicSettings(_Section):
     # clinic policy: the digest's "to telephone" lists patients this late, and those without email due this soon
     telephone_overdue_days: Annotated[int, Field(ge=1, le=365)] = 7
     telephone_ahead_days: Annotated[int, Field(ge=1, le=365)] = 7
+    calendar_drug_names: bool = True  # patient calendar entries name the drug and dose
 
     @property
     def tz(self) -> ZoneInfo:

@@ -44,3 +44,9 @@ def describe_error(exc: BaseException) -> str:
         return f"database error ({type(exc).__name__}): {first}"
     first = (str(exc).strip().splitlines() or [""])[0]
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+class FieldError(BadInput):
+    """One field of a request is wrong; ``field`` names it (``mrn``, ``email``, ...)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field

@@ -88,6 +88,8 @@ def to_email(message: Message, sender: str, *, date: datetime | None = None, sen
     mail["X-Cobalt-Kind"] = message.kind
     mail.set_content(message.text)
     mail.add_alternative(message.html, subtype="html")
+    if message.calendar:
+        mail.add_attachment(message.calendar, subtype="calendar", filename="appointment.ics")
     return mail
 
 

@@ -106,6 +106,7 @@ class Message:
     text: str
     html: str
     message_id: str
+    calendar: str | None = None  # an iCalendar attachment (text/calendar), for patient reminders
 
 
 def longdate(value: date) -> str:

@@ -55,6 +55,7 @@ from sqlmodel import Session, col, select
 from models import Event, LabResult, MailServer, Outbox, PassMark, Patient
 from scheduler.config import Settings
 from scheduler.db import chunked, transaction
+from scheduler.export_ics import reminder_calendars
 from scheduler.mailer import (
     FileMailer,
     Mailer,
@@ -969,13 +970,14 @@ def _release(engine: Engine, rows: Sequence[Outbox], token: str) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def _as_message(row: Outbox) -> Message:
+def _as_message(row: Outbox, calendar: str | None = None) -> Message:
     return Message(kind=row.kind, to=row.recipient, subject=row.subject, text=row.body_text,
-                   html=row.body_html, message_id=row.message_id)
+                   html=row.body_html, message_id=row.message_id, calendar=calendar)
 
 
 def _deliver_one(engine: Engine, settings: Settings, now: datetime, token: str, sender: Any, row: Outbox,
-                 events: dict[int, Event], patients: dict[int, Patient], report: Delivery) -> bool:
+                 events: dict[int, Event], patients: dict[int, Patient], report: Delivery,
+                 calendar: str | None = None) -> bool:
     """Send one row and record what became of it; returns whether the server
     answered. ``ServerUnavailable`` goes up to the caller untouched."""
     reason = _stale_reason(row, now, events, patients)
@@ -985,7 +987,7 @@ def _deliver_one(engine: Engine, settings: Settings, now: datetime, token: str, 
         return False
     attempts = row.attempts + 1
     try:
-        sender.send(_as_message(row))
+        sender.send(_as_message(row, calendar))
     except ServerUnavailable:
         raise
     except TemporarySendError as exc:  # this message's own 4xx answer
@@ -1041,11 +1043,13 @@ def deliver(engine: Engine, settings: Settings, now: datetime, mailer: Mailer | 
                 patient_ids = [r.patient_id for r in rows if r.patient_id is not None]
                 events = {e.id: e for e in session.exec(select(Event).where(col(Event.id).in_(event_ids)))}
                 patients = {p.id: p for p in session.exec(select(Patient).where(col(Patient.id).in_(patient_ids)))}
+                calendars = reminder_calendars(session, settings, rows, events)  # the event, for the patient
             with mailer.session() as sender:
                 for index, row in enumerate(rows):
                     try:
-                        answered = _deliver_one(engine, settings, now, token, sender, row,
-                                                events, patients, report) or answered  # type: ignore[arg-type]
+                        answered = _deliver_one(
+                            engine, settings, now, token, sender, row, events, patients,  # type: ignore[arg-type]
+                            report, calendars.get(row.id or 0)) or answered
                     except ServerUnavailable as exc:
                         report.retried += _release(engine, rows[index:], token)
                         retry_at = _server_down(engine, settings, server, now, exc)

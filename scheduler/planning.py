@@ -31,11 +31,10 @@ Corrections (SPEC section 7):
 
 from __future__ import annotations
 
+from calendar import monthrange
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
-
-from dateutil.relativedelta import relativedelta
 
 from scheduler.clinic_calendar import ClinicCalendar
 from scheduler.domain import (
@@ -69,7 +68,9 @@ _KIND_ORDER = {Kind.DOSE: 0, Kind.LAB: 1, Kind.REVIEW: 2}
 
 def add_months(day: date, months: int) -> date:
     """Calendar months, clamped at month end: 31 Jan + 1 month = 28/29 Feb."""
-    return day + relativedelta(months=months)
+    month0 = day.year * 12 + day.month - 1 + months
+    year, month = divmod(month0, 12)
+    return date(year, month + 1, min(day.day, monthrange(year, month + 1)[1]))
 
 
 def horizon(as_of: date) -> date:

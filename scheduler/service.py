@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
@@ -27,7 +27,7 @@ from scheduler.alerts import DEFAULT_POLICY, AlertPolicy, is_pernicious, renal_d
 from scheduler.clinic_calendar import ClinicCalendar
 from scheduler.db import chunked
 from scheduler.domain import DecisionKind, Status
-from scheduler.errors import BadInput
+from scheduler.errors import BadInput, FieldError
 from scheduler.protocols import PROTOCOLS, check_maintenance_months, get_protocol
 from scheduler.store import (
     PatientRecord,
@@ -79,12 +79,12 @@ def _id(patient: Patient) -> int:
     return patient.id
 
 
-def _not_future(ctx: Context, on: date, what: str) -> None:
+def not_future(ctx: Context, on: date, what: str) -> None:
     if on > ctx.today:
         raise BadInput(f"{what} on {on.isoformat()} is in the future (today is {ctx.today.isoformat()})")
 
 
-def _active(patient: Patient) -> None:
+def check_active(patient: Any) -> None:
     if patient.status != "active":
         raise BadInput(
             f"patient {patient.mrn} was discharged on {patient.discharged_on}: nothing more is recorded"
@@ -101,8 +101,8 @@ def _open(session: Session, ctx: Context, mrn: str, on: date | None, what: str
     record and current regimen; a date in the future is refused."""
     on = on or ctx.today
     patient = get_patient(session, mrn, for_update=True)
-    _active(patient)
-    _not_future(ctx, on, what)
+    check_active(patient)
+    not_future(ctx, on, what)
     record = load_record(session, patient)
     return on, patient, record, _current(record)
 
@@ -143,6 +143,88 @@ def check_phone(phone: str | None, flag: str = "--phone") -> str | None:
     return phone
 
 
+def cli_flag(field: str) -> str:
+    """How the command line names a field: ``maintenance_months`` -> ``--maintenance-months``."""
+    return "--" + field.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class NewPatient:
+    """An enrolment request that passed every check, its values normalised."""
+
+    mrn: str
+    name: str
+    email: str | None
+    phone: str | None
+    protocol: str
+    start: date
+    maintenance_months: int
+    neuro: bool
+    renal_impairment: bool
+    on_folic_acid: bool
+    initial: tuple[tuple[str, float], ...]  # results recorded on the start date
+
+
+def check_enrolment(
+    ctx: Context, *, mrn: str, name: str, email: str | None = None,
+    protocol: str | None = None, start: date | None = None, neuro: bool = False,
+    renal_impairment: bool = False, egfr: float | str | None = None, platelets: float | str | None = None,
+    hb: float | str | None = None, maintenance_months: int | None = None, on_folic_acid: bool = False,
+    phone: str | None = None, name_of: Callable[[str], str] = cli_flag,
+) -> NewPatient:
+    """Every rule an enrolment must pass that needs no database (the MRN's uniqueness
+    does). A refusal is a ``FieldError`` naming the field (``name_of`` spells it)."""
+    mrn = mrn.strip()
+    if not mrn:
+        raise FieldError("mrn", f"{name_of('mrn')} must not be empty")
+    if not mrn.isprintable():
+        raise FieldError("mrn", f"{name_of('mrn')} must not contain control characters (newlines, tabs, ...)")
+    if len(mrn) > 64:  # the column's length
+        raise FieldError("mrn", f"{name_of('mrn')} is {len(mrn)} characters long: at most 64 are allowed")
+    try:
+        name = check_name(name, name_of("name"))
+    except BadInput as exc:
+        raise FieldError("name", str(exc)) from None
+    if email is not None:
+        try:
+            email = check_email(email, name_of("email"))
+        except BadInput as exc:
+            raise FieldError("email", str(exc)) from None
+    try:
+        chosen = get_protocol(protocol if protocol is not None else ("hydroxo-neuro" if neuro else "hydroxo"))
+    except BadInput as exc:
+        raise FieldError("protocol", str(exc)) from None
+    try:
+        months = check_maintenance_months(
+            chosen, maintenance_months if maintenance_months is not None else chosen.default_maintenance_months
+        )
+    except BadInput as exc:
+        raise FieldError("maintenance_months", str(exc)) from None
+    try:
+        phone = check_phone(phone, name_of("phone"))
+    except BadInput as exc:
+        raise FieldError("phone", str(exc)) from None
+    start = start or ctx.today
+    if start > ctx.today + timedelta(days=START_AT_MOST_DAYS_AHEAD):
+        raise FieldError("start", f"{name_of('start')} {start.isoformat()} is more than a year ahead: check the year")
+    initial: list[tuple[str, float]] = []
+    for code, value in (("egfr", egfr), ("platelets", platelets), ("hb", hb)):
+        if value is not None:
+            try:
+                parsed_code, number, _ = labs.parse_result(f"{code}={value}")
+            except BadInput as exc:
+                raise FieldError(code, str(exc)) from None
+            assert number is not None
+            initial.append((parsed_code, number))
+    egfr_value = dict(initial).get("egfr")
+    at_start = [domain.LabResult("egfr", start, value=egfr_value)] if egfr_value is not None else []
+    if chosen.id == "cyano" and renal_dysfunction(renal_impairment, at_start):
+        raise FieldError("protocol", RENAL_REFUSAL)
+    return NewPatient(mrn=mrn, name=name, email=email or None, phone=phone, protocol=chosen.id, start=start,
+                      maintenance_months=months, neuro=neuro, renal_impairment=renal_impairment,
+                      on_folic_acid=on_folic_acid, initial=tuple(initial))
+
+
 def enroll(
     session: Session, ctx: Context, *, mrn: str, name: str, email: str | None = None,
     protocol: str | None = None, start: date | None = None, neuro: bool = False,
@@ -150,49 +232,28 @@ def enroll(
     hb: float | None = None, maintenance_months: int | None = None, on_folic_acid: bool = False,
     phone: str | None = None,
 ) -> Patient:
-    mrn, name = mrn.strip(), name.strip()
-    if not mrn:
-        raise BadInput("--mrn must not be empty")
-    if not name:
-        raise BadInput("--name must not be empty")
-    if not mrn.isprintable():
-        raise BadInput("--mrn must not contain control characters (newlines, tabs, ...)")
-    if len(mrn) > 64:  # the column's length
-        raise BadInput(f"--mrn is {len(mrn)} characters long: at most 64 are allowed")
-    name = check_name(name)
-    if email is not None:
-        email = check_email(email)
-    chosen = get_protocol(protocol if protocol is not None else ("hydroxo-neuro" if neuro else "hydroxo"))
-    months = check_maintenance_months(
-        chosen, maintenance_months if maintenance_months is not None else chosen.default_maintenance_months
+    new = check_enrolment(
+        ctx, mrn=mrn, name=name, email=email, protocol=protocol, start=start, neuro=neuro,
+        renal_impairment=renal_impairment, egfr=egfr, platelets=platelets, hb=hb,
+        maintenance_months=maintenance_months, on_folic_acid=on_folic_acid, phone=phone,
     )
-    phone = check_phone(phone)
-    start = start or ctx.today
-    if start > ctx.today + timedelta(days=START_AT_MOST_DAYS_AHEAD):
-        raise BadInput(f"--start {start.isoformat()} is more than a year ahead: check the year")
-    initial: list[tuple[str, float]] = []
-    for code, value in (("egfr", egfr), ("platelets", platelets), ("hb", hb)):
-        if value is not None:
-            initial.append(labs.parse_result(f"{code}={value}")[:2])  # type: ignore[arg-type]
-    at_start = [domain.LabResult("egfr", start, value=egfr)] if egfr is not None else []
-    if chosen.id == "cyano" and renal_dysfunction(renal_impairment, at_start):
-        raise BadInput(RENAL_REFUSAL)
+    mrn, start, months, initial = new.mrn, new.start, new.maintenance_months, new.initial
     if session.exec(select(Patient.id).where(Patient.mrn == mrn)).first() is not None:
         raise BadInput(f"a patient with MRN {mrn!r} is already enrolled")
 
     patient = Patient(
-        mrn=mrn, name=name, email=email or None, phone=phone, neuro=neuro,
-        renal_impairment=renal_impairment, on_folic_acid=on_folic_acid,
+        mrn=mrn, name=new.name, email=new.email, phone=new.phone, neuro=new.neuro,
+        renal_impairment=new.renal_impairment, on_folic_acid=new.on_folic_acid,
     )
     session.add(patient)
     session.flush()
-    session.add(Regimen(patient_id=_id(patient), number=1, protocol=chosen.id, start=start,
+    session.add(Regimen(patient_id=_id(patient), number=1, protocol=new.protocol, start=start,
                         maintenance_months=months))
     for code, value in initial:
         session.add(LabResult(patient_id=_id(patient), code=code, value=value,
                               unit=labs.CATALOG[code].unit or "", taken_on=start,
                               recorded_by=ctx.actor))
-    audit(session, ctx.actor, "enroll", patient, protocol=chosen.id, start=start,
+    audit(session, ctx.actor, "enroll", patient, protocol=new.protocol, start=start,
           maintenance_months=months)
     session.flush()
     replan(session, patient, ctx.calendar, ctx.today, policy=ctx.policy)
@@ -202,31 +263,30 @@ def enroll(
 # -- doses -------------------------------------------------------------------------
 
 
-def give(session: Session, ctx: Context, mrn: str, on: date | None = None, *, early: bool = False) -> Event:
-    """Record the next planned dose of the current regimen as given on ``on``.
-
-    A dose more than the clinic's early window before its due date is refused
-    unless ``early`` says it is meant.
-    """
-    on, patient, record, regimen = _open(session, ctx, mrn, on, "a dose")
-    if on < regimen.start:
-        raise BadInput(
-            f"{on.isoformat()} is before the start of {regimen.protocol} on {regimen.start.isoformat()}"
-        )
-    for dose in record.doses_in_force:
-        if dose.given_on == on:
-            raise BadInput(f"a dose was already given to {mrn} on {on.isoformat()}")
-    last = max((d.given_on for d in record.doses_in_force), default=None)
+def check_dose(ctx: Context, mrn: str, on: date, *, regimen_number: int, regimen_start: date,
+               regimen_protocol: str, given: Sequence[date], decisions: Sequence[Any],
+               events: Sequence[Any], early: bool = False) -> Any:
+    """The planned dose a dose given on ``on`` completes: the next planned dose of the
+    current regimen. ``given`` are the dates doses in force were given, ``decisions``
+    and ``events`` the patient's in force (rows or the planner's values: ``kind``/``on``;
+    ``key``/``status``/``due``/``seq``/``phase``). A dose more than the clinic's early
+    window before its due date is refused unless ``early`` says it is meant."""
+    not_future(ctx, on, "a dose")
+    if on < regimen_start:
+        raise BadInput(f"{on.isoformat()} is before the start of {regimen_protocol} on {regimen_start.isoformat()}")
+    if on in given:
+        raise BadInput(f"a dose was already given to {mrn} on {on.isoformat()}")
+    last = max(given, default=None)
     if last is not None and on < last:
         raise BadInput(f"a dose was given on {last.isoformat()}: a later dose cannot be given before it")
-    decided = [d.on for d in record.decisions_in_force
-               if d.kind in (DecisionKind.END_LOADING, DecisionKind.CONFIRM_RESPONSE) and d.on >= regimen.start]
+    decided = [d.on for d in decisions
+               if d.kind in (DecisionKind.END_LOADING, DecisionKind.CONFIRM_RESPONSE) and d.on >= regimen_start]
     if decided and on < max(decided):
         raise BadInput(
             f"a decision was recorded on {max(decided).isoformat()}: a dose cannot be dated before it"
         )
-    prefix = f"r{regimen.number}:dose:"
-    doses = [e for e in record.events if e.key.startswith(prefix)]
+    prefix = f"r{regimen_number}:dose:"
+    doses = [e for e in events if e.key.startswith(prefix)]
     planned = [e for e in doses if e.status == Status.PLANNED]
     if not planned:
         if any(e.status == Status.HELD for e in doses):
@@ -246,6 +306,23 @@ def give(session: Session, ctx: Context, mrn: str, on: date | None = None, *, ea
             f"{on.isoformat()} is {days_early} days early (the clinic allows {window}); "
             f"add --early if it is meant"
         )
+    return event
+
+
+def give(session: Session, ctx: Context, mrn: str, on: date | None = None, *, early: bool = False) -> Event:
+    """Record the next planned dose of the current regimen as given on ``on``.
+
+    A dose more than the clinic's early window before its due date is refused
+    unless ``early`` says it is meant.
+    """
+    on, patient, record, regimen = _open(session, ctx, mrn, on, "a dose")
+    event: Event = check_dose(
+        ctx, mrn, on, regimen_number=regimen.number, regimen_start=regimen.start,
+        regimen_protocol=regimen.protocol, given=[d.given_on for d in record.doses_in_force],
+        decisions=record.decisions_in_force, events=record.events, early=early,
+    )
+    days_early = (event.due - on).days
+    window = ctx.early.loading if event.phase == "loading" else ctx.early.maintenance
     session.add(Dose(patient_id=_id(patient), event_key=event.key, given_on=on, recorded_by=ctx.actor))
     audit(session, ctx.actor, "give", patient, event=event.key, given_on=on,
           **({"early_days": days_early} if days_early > window else {}))
@@ -257,25 +334,26 @@ def give(session: Session, ctx: Context, mrn: str, on: date | None = None, *, ea
 # -- labs --------------------------------------------------------------------------
 
 
-def record_lab(
-    session: Session, ctx: Context, mrn: str, results: Sequence[str], *, on: date | None = None,
-    order: str | None = None,
-) -> Event | None:
-    """Record results; complete the named open order, else the open one nearest ``on``."""
-    on = on or ctx.today
+def check_results(results: Sequence[str]) -> list[tuple[str, float | None, str | None]]:
+    """``CODE=VALUE`` texts parsed: known codes, plausible values, each code once."""
     if not results:
         raise BadInput("give at least one --result CODE=VALUE")
     parsed = [labs.parse_result(text) for text in results]
     codes = [code for code, _, _ in parsed]
     if len(set(codes)) != len(codes):
         raise BadInput("each result code may be given once per lab record")
-    patient = get_patient(session, mrn, for_update=True)
-    _active(patient)
-    _not_future(ctx, on, "a lab result")
-    record = load_record(session, patient)
-    open_orders = [e for e in record.events if e.kind == "lab" and e.status == Status.PLANNED]
+    return parsed
 
-    def asks(e: Event) -> set[str]:
+
+def choose_order(events: Sequence[Any], mrn: str, on: date, order: str | None,
+                 codes: Sequence[str]) -> tuple[Any | None, set[str]]:
+    """The open lab order that results for ``codes`` taken on ``on`` complete, and the
+    codes it asks for. Only an order that asks for one of the tests counts (``cbc``
+    covers hb, wbc, platelets, mcv): the one named ``order``, else the open one whose
+    due date is nearest (the earlier on a tie); (None, no codes) when none asks."""
+    open_orders = [e for e in events if e.kind == "lab" and e.status == Status.PLANNED]
+
+    def asks(e: Any) -> set[str]:
         return set(labs.asked_codes(e.tests.split())) & set(codes)
 
     if order is not None:
@@ -293,10 +371,26 @@ def record_lab(
                 f"not for {', '.join(codes)}: record these without --order"
             )
     else:
-        # Only an order that asks for one of these tests; the nearest, the earlier on a tie.
         candidates = [e for e in open_orders if asks(e)]
     chosen = min(candidates, key=lambda e: (abs((e.due - on).days), e.due), default=None)
-    covered = asks(chosen) if chosen else set()
+    return chosen, (asks(chosen) if chosen else set())
+
+
+def record_lab(
+    session: Session, ctx: Context, mrn: str, results: Sequence[str], *, on: date | None = None,
+    order: str | None = None,
+) -> Event | None:
+    """Record results; complete the named open order, else the open one nearest ``on``
+    among those that ask for one of the tests."""
+    on = on or ctx.today
+    parsed = check_results(results)
+    codes = [code for code, _, _ in parsed]
+    patient = get_patient(session, mrn, for_update=True)
+    check_active(patient)
+    not_future(ctx, on, "a lab result")
+    record = load_record(session, patient)
+    chosen: Event | None
+    chosen, covered = choose_order(record.events, mrn, on, order, codes)
     for code, value, text in parsed:
         session.add(LabResult(
             patient_id=_id(patient), code=code, value=value, text=text,
@@ -636,7 +730,7 @@ def void_record(session: Session, ctx: Context, mrn: str, event_id: int, reason:
     if not reason:
         raise BadInput("--reason must not be empty: say why the record is void")
     patient = get_patient(session, mrn, for_update=True)
-    _active(patient)
+    check_active(patient)
     event = _event_of(session, patient, event_id)
     if event.status != Status.DONE:
         raise BadInput(f"{_says(event)} is {event.status}: there is no record of it to void")
@@ -687,7 +781,7 @@ def move_event(session: Session, ctx: Context, mrn: str, event_id: int, to: date
     done, cancelled or held, for a day in the past or a closed day."""
     reason = (reason or "").strip() or None
     patient = get_patient(session, mrn, for_update=True)
-    _active(patient)
+    check_active(patient)
     event = _event_of(session, patient, event_id)
     if event.status == Status.DONE:
         raise BadInput(f"{_says(event)} is done (on {event.done_on}): a done event cannot be moved")

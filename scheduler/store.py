@@ -38,10 +38,15 @@ def get_patient(session: Session, mrn: str, *, for_update: bool = False) -> Pati
     return patient
 
 
+def audit_detail(**detail: Any) -> str:
+    """An audit row's details, as every writer stores them."""
+    return json.dumps(detail, default=str, sort_keys=True)
+
+
 def audit(session: Session, actor: str, action: str, patient: Patient | None, **detail: Any) -> None:
     session.add(Audit(
         actor=actor, action=action, patient_id=patient.id if patient else None,
-        detail=json.dumps(detail, default=str, sort_keys=True),
+        detail=audit_detail(**detail),
     ))
 
 
@@ -150,21 +155,38 @@ def replan_many(session: Session, patients: Sequence[Patient], calendar: ClinicC
     records = load_records(session, patients)
     live = safety.live_alerts(session, [r.patient.id for r in records if r.patient.id is not None])
     for record in records:
-        history = replace(record.history(),
-                          extra_lab_orders=tuple(extra_lab_orders(record.lab_results(), policy)))
-        active = record.patient.status == "active"
-        # A pass run with a later --now (time travel) already planned further: keep it.
-        reach = record.patient.planned_through if active else None
-        events = plan(record.enrolment(), history, calendar, today, reach=reach)
-        save_plan(session, record, events)
-        # The latest day this patient was planned on: date-driven alerts (the response
-        # gate) raised then stay raised when a record is made on an earlier real day.
-        seen = max(today, add_months(reach, -PLAN_AHEAD_MONTHS)) if reach else today
-        safety.sync_alerts(session, record, events, seen, policy, live=live)
-        record.patient.planned_through = max(horizon(today), reach or today) if active else None
+        made = plan_record(record, calendar, today, policy)
+        save_plan(session, record, made.events)
+        safety.sync_alerts(session, record, made.events, made.seen, policy, live=live)
+        record.patient.planned_through = made.planned_through
         session.add(record.patient)
     session.flush()
     return records
+
+
+@dataclass(frozen=True)
+class Replanned:
+    """What planning a patient's record afresh gives."""
+
+    events: list[domain.PlannedEvent]
+    seen: date  # the day date-driven alerts are evaluated on
+    planned_through: date | None  # the patient's new ``planned_through``
+
+
+def plan_record(record: PatientRecord, calendar: ClinicCalendar, today: date,
+                policy: AlertPolicy = DEFAULT_POLICY) -> Replanned:
+    """Plan one patient afresh from what was recorded (pure: reads only ``record``)."""
+    history = replace(record.history(),
+                      extra_lab_orders=tuple(extra_lab_orders(record.lab_results(), policy)))
+    active = record.patient.status == "active"
+    # A pass run with a later --now (time travel) already planned further: keep it.
+    reach = record.patient.planned_through if active else None
+    events = plan(record.enrolment(), history, calendar, today, reach=reach)
+    # The latest day this patient was planned on: date-driven alerts (the response
+    # gate) raised then stay raised when a record is made on an earlier real day.
+    seen = max(today, add_months(reach, -PLAN_AHEAD_MONTHS)) if reach else today
+    planned_through = max(horizon(today), reach or today) if active else None
+    return Replanned(events, seen, planned_through)
 
 
 def replan(session: Session, patient: Patient, calendar: ClinicCalendar, today: date, *,
@@ -172,7 +194,17 @@ def replan(session: Session, patient: Patient, calendar: ClinicCalendar, today: 
     return replan_many(session, [patient], calendar, today, policy=policy)[0]
 
 
-_EVENT_FIELDS = ("kind", "phase", "seq", "label", "due", "status", "done_on", "tests", "because")
+def event_values(planned: domain.PlannedEvent) -> dict[str, Any]:
+    """An event row's columns (but its patient and key) for a planned event."""
+    return {
+        "kind": planned.kind.value, "phase": planned.phase.value, "seq": planned.seq,
+        "label": planned.label, "due": planned.due, "status": planned.status.value,
+        "done_on": planned.done_on, "tests": " ".join(planned.tests),
+        "because": planned.because[:400],
+    }
+
+
+EVENT_FIELDS = ("kind", "phase", "seq", "label", "due", "status", "done_on", "tests", "because")
 
 
 def save_plan(session: Session, record: PatientRecord, events: Iterable[domain.PlannedEvent]) -> None:
@@ -185,18 +217,13 @@ def save_plan(session: Session, record: PatientRecord, events: Iterable[domain.P
     now = utcnow()
     kept: list[Event] = []
     for planned in events:
-        values: dict[str, Any] = {
-            "kind": planned.kind.value, "phase": planned.phase.value, "seq": planned.seq,
-            "label": planned.label, "due": planned.due, "status": planned.status.value,
-            "done_on": planned.done_on, "tests": " ".join(planned.tests),
-            "because": planned.because[:400],
-        }
+        values = event_values(planned)
         row = existing.pop(planned.key, None)
         if row is None:
             row = Event(patient_id=record.patient.id or 0, key=planned.key, updated_at=now, due_set_at=now,
                         **values)
             session.add(row)
-        elif any(getattr(row, name) != values[name] for name in _EVENT_FIELDS):
+        elif any(getattr(row, name) != values[name] for name in EVENT_FIELDS):
             if row.due != values["due"] or row.status != values["status"]:
                 row.due_set_at = now  # reminders and changed messages count from here
             for name, value in values.items():
