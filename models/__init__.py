@@ -181,3 +181,4 @@ class Outbox(SQLModel, table=True):
 
 
 from models.alert import Alert  # noqa: E402,F401
+from models.user import User  # noqa: E402,F401

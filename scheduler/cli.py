@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 # Modules that add commands of their own: each has ``register(add)``, where ``add``
 # is build_parser's helper below, and imports only the standard library at its top.
-FEATURES: tuple[str, ...] = ()
+FEATURES: tuple[str, ...] = ("scheduler.cli_web",)
 
 
 class _Parser(argparse.ArgumentParser):
