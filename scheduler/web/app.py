@@ -188,30 +188,34 @@ def _middleware(app: FastAPI, web: Web) -> None:
 
     @app.exception_handler(Forbidden)
     async def forbidden(request: Request, exc: Forbidden) -> Response:
-        return web.templates.TemplateResponse(request, "error.html", {
-            "user": getattr(request.state, "user", None), "title": "Not allowed", "message": str(exc),
-        }, status_code=403)
+        return _page(web, request, "error.html", {"title": "Not allowed", "message": str(exc)}, 403)
 
     @app.exception_handler(NotFound)
     async def not_found(request: Request, exc: NotFound) -> Response:
-        return web.templates.TemplateResponse(request, "error.html", {
-            "user": getattr(request.state, "user", None), "title": "Not found", "message": str(exc),
-        }, status_code=404)
+        return _page(web, request, "error.html", {"title": "Not found", "message": str(exc)}, 404)
 
 
-def _routes(app: FastAPI, web: Web) -> None:  # noqa: C901 (one short function per route)
-    render = web.templates.TemplateResponse
+def session_of(request: Request) -> WebSession:
+    session: WebSession | None = request.state.session
+    if session is None:
+        session = request.state.session = WebSession()
+    return session
+
+
+def _page(web: Web, request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
+    """One template, with the signed-in user, the CSRF token and what the user's role may do."""
+    user = context.setdefault("user", getattr(request.state, "user", None))
+    context["csrf"] = session_of(request).csrf
+    context["may"] = lambda action: user is not None and may(user.role, Action(action))
+    return web.templates.TemplateResponse(request, name, context, status_code=status)
+
+
+def _routes(app: FastAPI, web: Web) -> None:
 
     @contextmanager
     def transaction() -> Iterator[Session]:
         with db.transaction(web.engine) as session:
             yield session
-
-    def session_of(request: Request) -> WebSession:
-        session: WebSession | None = request.state.session
-        if session is None:
-            session = request.state.session = WebSession()
-        return session
 
     def current_user(request: Request) -> User:
         session: WebSession | None = request.state.session
@@ -240,10 +244,7 @@ def _routes(app: FastAPI, web: Web) -> None:  # noqa: C901 (one short function p
         return user, form
 
     def page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
-        context.setdefault("user", getattr(request.state, "user", None))
-        context["csrf"] = session_of(request).csrf
-        context["may"] = lambda action: context["user"] is not None and may(context["user"].role, Action(action))
-        return render(request, name, context, status_code=status)
+        return _page(web, request, name, context, status)
 
     # -- signing in ------------------------------------------------------------
 
