@@ -16,7 +16,7 @@ from scheduler.domain import Kind, Status
 from scheduler.protocols import PROTOCOLS
 from scheduler.safety import open_alerts_by_patient
 from scheduler.store import PatientRecord, sorted_events
-from scheduler.technique import injection_note
+from scheduler.technique import band, injection_note
 
 
 def what_is_due(kind: str, key: str, label: str, tests: str, regimens: dict[int, str]) -> str:
@@ -76,6 +76,7 @@ class Row:
     items: list[Item] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
     technique: str | None = None
+    technique_band: str = ""
 
 
 @dataclass
@@ -98,25 +99,26 @@ def worklist(session: Session, on: date, days: int) -> Worklist:
         for r in session.exec(select(Regimen).where(col(Regimen.patient_id).in_(ids))):
             regimens[r.patient_id][r.number] = r.protocol
     platelets = latest_platelets(session, ids)
-    overdue: dict[int, Row] = {}
-    today: list[Row] = []
-    coming: list[Row] = []
+    # A patient's overdue events make one row; the others one row per patient and day.
+    grouped: dict[tuple[str, int, date | None], Row] = {}
     for event, patient in rows:
         pid = patient.id or 0
         item = Item(event.due, what_is_due(event.kind, event.key, event.label, event.tests, regimens[pid]),
                     event.because, event.kind)
-        if event.due < on:
-            row = overdue.get(pid)
-            if row is None:
-                row = overdue[pid] = Row(patient.mrn, patient.name, alerts=alerts.get(pid, []))
-            row.items.append(item)
-        else:
-            row = Row(patient.mrn, patient.name, [item], alerts.get(pid, []))
-            (today if event.due == on else coming).append(row)
+        when = "overdue" if event.due < on else "today" if event.due == on else "coming"
+        key = (when, pid, None if when == "overdue" else event.due)
+        row = grouped.get(key)
+        if row is None:
+            row = grouped[key] = Row(patient.mrn, patient.name, alerts=alerts.get(pid, []))
+        row.items.append(item)
         if event.kind == Kind.DOSE.value:
             count = platelets.get(pid)
             row.technique = injection_note(count[0] if count else None, patient.neuro)
-    return Worklist(on, until, list(overdue.values()), today, coming)
+            row.technique_band = band(count[0] if count else None).value
+    overdue = [row for (when, _, _), row in grouped.items() if when == "overdue"]
+    today = [row for (when, _, _), row in grouped.items() if when == "today"]
+    coming = [row for (when, _, _), row in grouped.items() if when == "coming"]
+    return Worklist(on, until, overdue, today, coming)
 
 
 def _days(days: int) -> Any:
@@ -179,6 +181,7 @@ def patient_page(session: Session, record: PatientRecord) -> dict[str, Any]:
         "labs": lab_tables(record),
         "voided": voided_records(record),
         "technique": injection_note(count[0] if count else None, patient.neuro),
+        "technique_band": band(count[0] if count else None).value,
         "platelets_on": count[1] if count else None,
     }
 
