@@ -558,3 +558,19 @@ def test_cobalt_user_refuses_a_name_taken(clinic: Any, monkeypatch: pytest.Monke
     assert clinic.cobalt("user", "add", "nina", "--role", "nurse", "--password-stdin").code == 0
     r = clinic.cobalt("user", "add", "nina", "--role", "admin", "--password-stdin")
     assert r.code == 2 and "already exists" in r.err
+
+
+def test_cobalt_web_with_scheduler_runs_the_same_two_jobs_in_the_background(app: Any, engine: Engine) -> None:
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from scheduler.config import Settings
+    from scheduler.runner import build_scheduler
+
+    scheduler = build_scheduler(engine, Settings(), BackgroundScheduler)
+    assert isinstance(scheduler, BackgroundScheduler)
+    assert sorted(job.id for job in scheduler.get_jobs()) == ["digest", "pass"]
+
+
+def test_cobalt_web_refuses_a_port_out_of_range(clinic: Any) -> None:
+    r = clinic.cobalt("web", "--port", "70000")
+    assert r.code == 2 and "is not a port number" in r.err
