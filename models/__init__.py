@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import Column, Index, MetaData, Text, UniqueConstraint
+from sqlalchemy import Column, Index, MetaData, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from models.types import UTCDateTime, utcnow
@@ -93,10 +93,24 @@ class Event(SQLModel, table=True):
     updated_at: datetime = _ts()  # type: ignore[assignment]
 
 
-class Dose(SQLModel, table=True):
-    """A dose given; one a day at most."""
+class Voidable(SQLModel):
+    """A record entered in error stays, marked void: it no longer counts (SPEC section 7)."""
 
-    __table_args__ = (UniqueConstraint("patient_id", "given_on"),)
+    voided_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)  # type: ignore[call-overload]
+    voided_by: str | None = Field(default=None, max_length=64)
+    void_reason: str | None = Field(default=None, max_length=400)
+
+
+_IN_FORCE = text("voided_at IS NULL")
+
+
+class Dose(Voidable, table=True):
+    """A dose given; one a day at most among the doses in force."""
+
+    __table_args__ = (
+        Index("ux_dose_patient_id_given_on_in_force", "patient_id", "given_on", unique=True,
+              sqlite_where=_IN_FORCE, postgresql_where=_IN_FORCE),
+    )
     id: int | None = Field(default=None, primary_key=True)
     patient_id: int = Field(foreign_key="patient.id")
     event_key: str = Field(max_length=64)
@@ -105,7 +119,7 @@ class Dose(SQLModel, table=True):
     recorded_at: datetime = _ts()  # type: ignore[assignment]
 
 
-class LabResult(SQLModel, table=True):
+class LabResult(Voidable, table=True):
     __tablename__ = "lab_result"  # type: ignore[assignment]
 
     id: int | None = Field(default=None, primary_key=True)
@@ -120,7 +134,7 @@ class LabResult(SQLModel, table=True):
     recorded_at: datetime = _ts()  # type: ignore[assignment]
 
 
-class Decision(SQLModel, table=True):
+class Decision(Voidable, table=True):
     """A clinician's decision: review, end-loading, confirm-response, switch, discharge."""
 
     id: int | None = Field(default=None, primary_key=True)
@@ -128,6 +142,21 @@ class Decision(SQLModel, table=True):
     kind: str = Field(max_length=32)
     on: date
     note: str | None = Field(default=None, max_length=400)
+    recorded_by: str = Field(max_length=64)
+    recorded_at: datetime = _ts()  # type: ignore[assignment]
+
+
+class EventMove(SQLModel, table=True):
+    """A planned event moved to another day (``cobalt move``); the latest move counts."""
+
+    __tablename__ = "event_move"  # type: ignore[assignment]
+
+    id: int | None = Field(default=None, primary_key=True)
+    patient_id: int = Field(foreign_key="patient.id", index=True)
+    event_key: str = Field(max_length=64)
+    moved_from: date
+    moved_to: date
+    reason: str | None = Field(default=None, max_length=400)
     recorded_by: str = Field(max_length=64)
     recorded_at: datetime = _ts()  # type: ignore[assignment]
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 # Modules that add commands of their own: each has ``register(add)``, where ``add``
 # is build_parser's helper below, and imports only the standard library at its top.
-FEATURES: tuple[str, ...] = ("scheduler.cli_web",)
+FEATURES: tuple[str, ...] = ("scheduler.cli_corrections", "scheduler.cli_web")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -103,7 +103,9 @@ class App:
     def context(self) -> service.Context:
         from scheduler import service
 
-        return service.Context(self.settings.clinic.calendar(), self.today, self.actor, self.policy)
+        clinic = self.settings.clinic
+        early = service.EarlyWindows(clinic.early_days_loading, clinic.early_days_maintenance)
+        return service.Context(clinic.calendar(), self.today, self.actor, self.policy, early)
 
     def out(self, data: Any, text: str | Callable[[], str]) -> None:
         if getattr(self.args, "json", False):
@@ -190,7 +192,14 @@ def cmd_enroll(app: App) -> None:
 
 def _schedule_json(record: Any) -> dict[str, Any]:
     from scheduler.safety import alerts_json
+    from scheduler.service import lab_missing, voided_json
     from scheduler.store import event_json, sorted_events
+
+    def event(e: Any) -> dict[str, Any]:
+        item = event_json(e)
+        if e.kind == "lab" and e.status == "done":
+            item["missing"] = lab_missing(record, e)  # the order's tests still without a result
+        return item
 
     p = record.patient
     regimens = sorted(record.regimens, key=lambda r: r.number)
@@ -207,8 +216,9 @@ def _schedule_json(record: Any) -> dict[str, Any]:
             "regimens": [{"protocol": r.protocol, "start": r.start.isoformat(),
                           "maintenance_months": r.maintenance_months} for r in regimens],
         },
-        "events": [event_json(e) for e in sorted_events(record.events)],
+        "events": [event(e) for e in sorted_events(record.events)],
         "alerts": alerts_json(record),
+        "voided": voided_json(record),
     }
 
 
@@ -228,14 +238,19 @@ def cmd_schedule(app: App) -> None:
 
     def text() -> str:
         p = data["patient"]
-        head = f"{p['mrn']}  {p['name']}  {p['protocol']}  from {p['start']}  ({p['status']})"
+        head = f"{p['mrn']}  {p['name']}  {p['protocol']}  from {p['protocol_start']}  ({p['status']})"
+        if p["status"] == "discharged":
+            head += f"\ndischarged on {p['discharged_on']}: {p['discharge_reason'] or 'no reason given'}"
         rows = []
         for e in data["events"]:
             overdue = e["status"] == "planned" and e["due"] < app.today.isoformat()
             status = "OVERDUE" if overdue else e["status"]
+            because = e["because"] + (f" [missing: {', '.join(e['missing'])}]" if e.get("missing") else "")
             rows.append([str(e["id"]), e["due"], e["kind"], e["label"], str(e["seq"]), status,
-                         e["done_on"] or "", e["because"]])
+                         e["done_on"] or "", because])
         lines = [head, _table(rows, ["id", "due", "kind", "label", "seq", "status", "done", "because"])]
+        for v in data["voided"]:
+            lines.append(f"VOID {v['what']}: voided {v['when'][:10]} by {v['by']}: {v['why']}")
         for alert in data["alerts"]:
             lines.append(f"ALERT {alert['severity']}: {alert['code']} since {alert['since']}: "
                          f"{alert['message']}")
@@ -246,8 +261,7 @@ def cmd_schedule(app: App) -> None:
 
 def cmd_due(app: App) -> None:
     from scheduler import db, service
-    from scheduler.safety import open_alerts_by_patient
-    from scheduler.store import event_json
+    from scheduler.worklist import group_overdue
 
     on = app.args.on or app.today
     days = app.args.days or 0
@@ -258,23 +272,27 @@ def cmd_due(app: App) -> None:
     except OverflowError:
         raise BadInput(f"--days {days} reaches beyond the calendar") from None
     with db.transaction(app.engine) as session:
-        rows = service.worklist(session, until)
-        alerts = open_alerts_by_patient(session, {p.id for _, p in rows if p.id is not None})
-        data = []
-        for event, patient in rows:
-            item = event_json(event)
-            item.update(mrn=patient.mrn, name=patient.name, overdue=event.due < on,
-                        alerts=alerts.get(patient.id or 0, []))
-            data.append(item)
+        data = service.worklist_items(session, on=on, until=until)
 
     def text() -> str:
         if not data:
             return f"nothing due on or before {until.isoformat()}"
-        rows = [[e["due"], "OVERDUE" if e["overdue"] else "due", e["mrn"], e["name"], e["kind"],
-                 e["label"], str(e["seq"]), e["because"]
-                 + "".join(f" [ALERT {a['severity']}: {a['code']}]" for a in e["alerts"])]
-                for e in data]
-        return _table(rows, ["due", "", "mrn", "name", "kind", "label", "seq", "because"])
+        lines = group_overdue(data)
+        rows = [[line["due"], "OVERDUE" if line["overdue"] else "due", line["mrn"], line["name"], line["what"],
+                 line["because"] if line["count"] == 1 else ""]
+                for line in lines]
+        out = [_table(rows, ["due", "", "mrn", "name", "what", "because"])]
+        alerted: dict[str, Any] = {}
+        for item in data:  # each patient's alerts once, not on every line
+            if item["alerts"] and item["mrn"] not in alerted:
+                alerted[item["mrn"]] = item
+        if alerted:
+            out.append("")
+            out.append("Open alerts")
+            for mrn, item in alerted.items():
+                codes = ", ".join(f"{a['code']} ({a['severity']})" for a in item["alerts"])
+                out.append(f"  {mrn} {item['name']}: {codes}")
+        return "\n".join(out)
 
     app.out(data, text)
 
@@ -284,24 +302,41 @@ def cmd_give(app: App) -> None:
     from scheduler.store import event_json
 
     with db.transaction(app.engine) as session:
-        event = service.give(session, app.context(), app.args.mrn, app.args.on)
+        event = service.give(session, app.context(), app.args.mrn, app.args.on, early=app.args.early)
         data = {"mrn": app.args.mrn, "given_on": (app.args.on or app.today).isoformat(),
                 "event": event_json(event)}
     app.out(data, f"{app.args.mrn}: {event.kind} {event.label} {event.seq} given on {data['given_on']}")
 
 
 def cmd_lab(app: App) -> None:
-    from scheduler import db, service
-    from scheduler.store import event_json
+    from scheduler import db, labs, service
+    from scheduler.store import event_json, get_patient, load_record
 
     with db.transaction(app.engine) as session:
         order = service.record_lab(session, app.context(), app.args.mrn, app.args.result or [],
                                    on=app.args.on, order=app.args.order)
-        data = {"mrn": app.args.mrn, "on": (app.args.on or app.today).isoformat(),
-                "order": event_json(order) if order else None}
-    app.out(data, f"{app.args.mrn}: results recorded"
-                  + (f", lab order {order.label} (due {order.due}) completed" if order else
-                     ", no open lab order"))
+        codes = [labs.parse_result(text)[0] for text in app.args.result or []]
+        asked = set(labs.asked_codes(order.tests.split())) if order else set()
+        unmatched = [code for code in codes if code not in asked]
+        item = None
+        if order is not None:
+            item = event_json(order)
+            item["missing"] = service.lab_missing(load_record(session, get_patient(session, app.args.mrn)), order)
+        data = {"mrn": app.args.mrn, "on": (app.args.on or app.today).isoformat(), "order": item,
+                "completes_nothing": unmatched}
+
+    def text() -> str:
+        said = f"{app.args.mrn}: results recorded"
+        if item is not None:
+            said += f"; lab order {item['label']} (due {item['due']}) completed"
+            if item["missing"]:
+                said += f", still missing: {', '.join(item['missing'])}"
+        if unmatched:
+            said += (f"; {', '.join(unmatched)} {'complete' if len(unmatched) > 1 else 'completes'} nothing: "
+                     "no open lab order asks for it")
+        return said
+
+    app.out(data, text)
 
 
 def _decision(name: str, done: str) -> Callable[[App], None]:
@@ -441,7 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("schedule", cmd_schedule, "a patient's whole timeline", json_flag=True, mrn=True)
     p = add("due", cmd_due, "the worklist: planned events due (and overdue)", json_flag=True, on=True)
     p.add_argument("--days", type=int, default=0, help="also what is due within N days after")
-    add("give", cmd_give, "record the next planned dose as given", json_flag=True, mrn=True, on=True)
+    p = add("give", cmd_give, "record the next planned dose as given", json_flag=True, mrn=True, on=True)
+    p.add_argument("--early", action="store_true",
+                   help="the dose is meant to be given this early (beyond the clinic's early window)")
     p = add("lab", cmd_lab, "record lab results", json_flag=True, mrn=True, on=True)
     p.add_argument("--order", help="the lab order label to complete (e.g. 3-month)")
     p.add_argument("--result", action="extend", nargs="+", metavar="CODE=VALUE",

@@ -27,6 +27,8 @@ class ClinicSettings:
     email: str = "clinic@example.org"
     send_time: str = "08:00"
     neuro_review_days: int = 14  # clinic policy: hydroxo-neuro "improvement continuing?" reviews
+    early_days_loading: int = 1  # clinic policy: a loading dose more days early needs `give --early`
+    early_days_maintenance: int = 14  # clinic policy: likewise for a maintenance dose
 
     @property
     def tz(self) -> ZoneInfo:
@@ -182,6 +184,9 @@ def validate(settings: Settings) -> None:
     clinic.calendar()  # open days and holidays
     if not 7 <= clinic.neuro_review_days <= 90:
         raise ConfigError(f"[clinic] neuro_review_days {clinic.neuro_review_days} must be from 7 to 90")
+    for key in ("early_days_loading", "early_days_maintenance"):
+        if not 0 <= getattr(clinic, key) <= 365:
+            raise ConfigError(f"[clinic] {key} {getattr(clinic, key)} must be from 0 to 365 days")
     if not 0 < settings.smtp.port < 65536:
         raise ConfigError(f"[smtp] port {settings.smtp.port} is not a port number")
     sched = settings.scheduler

@@ -8,7 +8,7 @@ read the clock or touch the database.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from enum import StrEnum
 
@@ -77,10 +77,14 @@ class Enrolment:
 
 @dataclass(frozen=True)
 class GivenDose:
-    """A dose recorded as given; ``key`` is the planned event it completed."""
+    """A dose recorded as given; ``key`` is the planned event it completed.
+
+    A voided dose (entered in error) is kept in the history but does not count.
+    """
 
     key: str
     given_on: date
+    voided: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,20 +122,35 @@ class Decision:
 
     kind: DecisionKind
     on: date
+    voided: bool = False
 
 
 @dataclass(frozen=True)
 class History:
-    """Everything recorded about a patient that the planner plans from."""
+    """Everything recorded about a patient that the planner plans from.
+
+    ``moves``: planned events moved to another day (event key -> the day); a
+    moved event is due on that day and the doses after it count from it.
+    Voided doses and decisions may be listed: they do not count (``in_force``).
+    """
 
     doses: tuple[GivenDose, ...] = ()
     labs_done: dict[str, date] = field(default_factory=dict)  # lab event key -> done on
     decisions: tuple[Decision, ...] = ()
     extra_lab_orders: tuple[ExtraLabOrder, ...] = ()
+    moves: dict[str, date] = field(default_factory=dict)
+
+    def in_force(self) -> History:
+        """The history without the records entered in error: a voided record is not history."""
+        return replace(
+            self,
+            doses=tuple(d for d in self.doses if not d.voided),
+            decisions=tuple(d for d in self.decisions if not d.voided),
+        )
 
     def given(self, key: str) -> date | None:
         for dose in self.doses:
-            if dose.key == key:
+            if dose.key == key and not dose.voided:
                 return dose.given_on
         return None
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import KW_ONLY, dataclass
 
 from scheduler.errors import BadInput
@@ -92,6 +93,22 @@ def result_codes(order_tests: tuple[str, ...]) -> tuple[str, ...]:
         for code in ORDER_TESTS[test]:
             codes[code] = None
     return tuple(codes)
+
+
+def asked_codes(order_tests: Iterable[str]) -> tuple[str, ...]:
+    """The result codes an order with these tests asks for (unknown tests ask for nothing)."""
+    return result_codes(tuple(t for t in order_tests if t in ORDER_TESTS))
+
+
+def missing_tests(order_tests: Iterable[str], recorded: Iterable[str]) -> list[str]:
+    """The tests of an order still without a result, in the order's order.
+
+    A panel has a result once any of its codes has one (``cbc``: hb, wbc,
+    platelets or mcv). A report Cobalt records no code for (``smear``) is never
+    missing: there is nothing to record.
+    """
+    have = set(recorded)
+    return [t for t in order_tests if ORDER_TESTS.get(t) and not have & set(ORDER_TESTS[t])]
 
 
 # A plain decimal number: refuses what float() would also take ("1_000", "١٢", " nan").

@@ -18,7 +18,8 @@ The context each kind expects (dates are ``datetime.date``)::
     overdue       patient = {"mrn": str, "name": str, "platelets": float | None,
                              "neuro": bool (optional)}
                   event = {"kind": "dose" | "lab" | "review", "label": str, "seq": int,
-                           "due": date, "because": str, "tests": list[str]}
+                           "due": date, "because": str, "tests": list[str],
+                           "drug": str | None, "amount": str | None (a dose's, optional)}
                   today = date
 
     alert         patient = {"mrn": str, "name": str}
@@ -28,7 +29,10 @@ The context each kind expects (dates are ``datetime.date``)::
                   due_today, overdue, upcoming = lists of
                       {"mrn": str, "name": str, "kind": str, "label": str, "seq": int,
                        "due": date, "because": str, "tests": list[str],
-                       "platelets": float | None, "neuro": bool (optional)}
+                       "platelets": float | None, "neuro": bool (optional),
+                       "drug", "amount": str | None (optional: a dose's),
+                       "count": int, "what": str (optional: a patient's overdue
+                       events of one kind as one line, scheduler.worklist)}
                   alerts = list of {"mrn", "name", "code", "severity", "message",
                                     "since": date}
                   failed = list of {"kind", "to", "subject", "error"}

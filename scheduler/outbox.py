@@ -40,6 +40,8 @@ from scheduler.db import chunked, transaction
 from scheduler.mailer import FileMailer, Mailer, PermanentSendError, SmtpMailer, TemporarySendError
 from scheduler.messages import PATIENT_KINDS, Message, Templates, make_message_id
 from scheduler.safety import list_open_alerts, mark_notified, pending_urgent_alerts
+from scheduler.store import drug_of, regimen_drugs
+from scheduler.worklist import group_overdue
 
 log = logging.getLogger("cobalt.outbox")
 
@@ -146,7 +148,8 @@ def _latest_platelets(session: Session, patient_ids: Sequence[int]) -> dict[int,
         for chunk in chunked(list(patient_ids))
         for row in session.exec(
             select(col(LabResult.patient_id), col(LabResult.value), col(LabResult.taken_on), col(LabResult.id))
-            .where(col(LabResult.code) == "platelets", col(LabResult.patient_id).in_(chunk))
+            .where(col(LabResult.code) == "platelets", col(LabResult.patient_id).in_(chunk),
+                   col(LabResult.voided_at).is_(None))
         )
     ]
     latest: dict[int, tuple[date, int, float]] = {}
@@ -159,11 +162,14 @@ def _latest_platelets(session: Session, patient_ids: Sequence[int]) -> dict[int,
     return {pid: v[2] for pid, v in latest.items()}
 
 
-def _event_item(event: Event, patient: Patient, platelets: dict[int, float]) -> dict[str, Any]:
+def _event_item(event: Event, patient: Patient, platelets: dict[int, float],
+                drugs: dict[tuple[int, int], tuple[str, str]] | None = None) -> dict[str, Any]:
+    drug, amount = drug_of(event, drugs or {})
     return {
-        "mrn": patient.mrn, "name": patient.name, "kind": event.kind, "label": event.label,
-        "seq": event.seq, "due": event.due, "because": event.because,
+        "mrn": patient.mrn, "name": patient.name, "kind": event.kind, "phase": event.phase,
+        "label": event.label, "seq": event.seq, "due": event.due, "because": event.because,
         "tests": event.tests.split() if event.tests else [],
+        "drug": drug, "amount": amount,  # a dose's drug and amount: "hydroxocobalamin", "1 mg"
         "platelets": platelets.get(patient.id or 0), "neuro": patient.neuro,
     }
 
@@ -240,6 +246,7 @@ def _overdue_notices(session: Session, clock: Clock, templates: Templates) -> in
 
     def drafts(rows: list[tuple[Event, Patient]]) -> list[_Draft]:
         platelets = _latest_platelets(session, [p.id for _, p in rows if p.id is not None])
+        drugs = regimen_drugs(session, [p.id for _, p in rows if p.id is not None])
         return [
             _Draft(
                 dedupe_key=f"{OVERDUE}:{event.id}:{recipient.lower()}", kind=OVERDUE,
@@ -248,7 +255,7 @@ def _overdue_notices(session: Session, clock: Clock, templates: Templates) -> in
                     "clinic": _clinic(clock.settings), "today": today,
                     "patient": {"mrn": patient.mrn, "name": patient.name, "neuro": patient.neuro,
                                 "platelets": platelets.get(patient.id or 0)},
-                    "event": _event_item(event, patient, platelets),
+                    "event": _event_item(event, patient, platelets, drugs),
                 },
             )
             for event, patient in rows
@@ -278,8 +285,14 @@ def _digest(session: Session, clock: Clock, templates: Templates) -> int:
         totals[name] = session.exec(select(func.count()).select_from(base.subquery())).one()
         rows = list(session.exec(base.order_by(col(Event.due), col(Patient.mrn), col(Event.id))
                                  .limit(DIGEST_SECTION_LIMIT)))
-        platelets = _latest_platelets(session, sorted({p.id for _, p in rows if p.id is not None}))
-        sections[name] = [_event_item(e, p, platelets) for e, p in rows]
+        ids = sorted({p.id for _, p in rows if p.id is not None})
+        platelets = _latest_platelets(session, ids)
+        drugs = regimen_drugs(session, ids)
+        items = [_event_item(e, p, platelets, drugs) for e, p in rows]
+        for item in items:
+            item["overdue"] = item["due"] < today
+        # A patient's overdue events of one kind are one line: "3 maintenance doses overdue since ..."
+        sections[name] = group_overdue(items)
     failed_rows = list(session.exec(
         select(Outbox).where(Outbox.status == "failed", col(Outbox.reported).is_(False))
         .order_by(col(Outbox.id)).limit(500)
@@ -533,11 +546,19 @@ def outbox_json(session: Session, limit: int = 1000) -> list[dict[str, Any]]:
 
 
 def outbox_text(data: list[dict[str, Any]]) -> str:
+    """A table with headers; "sent at" and "next try" are separate columns."""
     if not data:
         return "the outbox is empty"
-    lines = []
-    for m in data:
-        when = m["sent_at"] or m["next_attempt_at"] or m["queued_at"]
-        lines.append(f"{m['id']:>6}  {m['status']:<8} {m['kind']:<14} {m['to']:<30} {when}  {m['subject']}"
-                     + (f"  ({m['error']})" if m["error"] else ""))
-    return "\n".join(lines)
+
+    def at(value: str | None) -> str:
+        return value[:16].replace("T", " ") if value else ""
+
+    headers = ["id", "status", "kind", "to", "queued at", "sent at", "next try", "tries", "subject", "error"]
+    rows = [[str(m["id"]), m["status"], m["kind"], m["to"], at(m["queued_at"]), at(m["sent_at"]),
+             at(m["next_attempt_at"]), str(m["attempts"]), m["subject"], m["error"] or ""] for m in data]
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+
+    def line(row: list[str]) -> str:
+        return "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])

@@ -18,6 +18,15 @@ The rules, from SPEC section 2:
   planned dose is always a year or more away (until the pass replans).
 - Labs hang off the treatment start: the date the first dose was given, or the
   planned start until then. A switch of protocol does not move them.
+
+Corrections (SPEC section 7):
+
+- A voided record (a dose, a decision, lab results entered in error) is not
+  history: the plan is made as if it had never been recorded. The doses given
+  fill a regimen's dose slots in the order they were given, so voiding a dose
+  in the middle leaves no gap.
+- A moved event (``History.moves``) is due on the day it was moved to; the
+  doses after it count from that day. A dose given wins over its move.
 """
 
 from __future__ import annotations
@@ -82,6 +91,7 @@ def plan(
     (``reach``: at least this far, where an earlier plan already reached);
     a discharged patient's plan is fixed at the discharge date.
     """
+    history = history.in_force()
     closed_on = enrolment.discharged_on
     planned_to = horizon(closed_on or as_of)
     if reach is not None and closed_on is None:
@@ -139,6 +149,17 @@ def _shifted(calendar: ClinicCalendar, raw: date, because: str) -> tuple[date, s
     return due, because
 
 
+def _moved(calendar: ClinicCalendar, history: History, key: str, due: date, because: str
+           ) -> tuple[date, str]:
+    """An event moved by the clinic is due on the day it was moved to (the next open
+    day, should that day have closed since)."""
+    moved = history.moves.get(key)
+    if moved is None or moved == due:
+        return due, because
+    to = calendar.next_open(moved)
+    return to, f"moved to {to.isoformat()} from {due.isoformat()} (due: {because})"
+
+
 def _plural(n: int, unit: str) -> str:
     return f"{n} {unit}" if n == 1 else f"{n} {unit}s"
 
@@ -173,6 +194,9 @@ class _RegimenPlanner:
         self.seq = 0
         self.previous: _Anchor | None = None
         self.held = False
+        # The regimen's doses given, in the order given: each fills the next dose slot.
+        self.given = sorted(d.given_on for d in self.history.doses if d.key.startswith(f"{self.prefix}:"))
+        self.unfilled = list(self.given)
 
     def decided(self, kind: DecisionKind) -> date | None:
         dates = [d.on for d in self.decisions if d.kind == kind]
@@ -180,8 +204,7 @@ class _RegimenPlanner:
 
     @property
     def treatment_start(self) -> date:
-        first = self.history.given(f"{self.prefix}:dose:loading:1")
-        return first or self.regimen.start
+        return self.given[0] if self.given else self.regimen.start
 
     def plan(self) -> list[PlannedEvent]:
         loading_done = True
@@ -202,7 +225,9 @@ class _RegimenPlanner:
              name: str) -> PlannedEvent:
         key = f"{self.prefix}:dose:{phase.value}:{seq}"
         due, because = _shifted(self.calendar, raw, because)
-        given_on = self.history.given(key)
+        given_on = self.unfilled.pop(0) if self.unfilled else None
+        if given_on is None:
+            due, because = _moved(self.calendar, self.history, key, due, because)
         status = Status.DONE if given_on is not None else Status.HELD if self.held else Status.PLANNED
         event = PlannedEvent(
             key=key, kind=Kind.DOSE, phase=phase, seq=seq, label=label, due=due,
@@ -271,9 +296,12 @@ class _RegimenPlanner:
 
     def review(self, label: str, seq: int, raw: date, because: str, done_on: date | None,
                status: Status) -> PlannedEvent:
+        key = f"{self.prefix}:review:{label}:{seq}"
         due, because = _shifted(self.calendar, raw, because)
+        if status == Status.PLANNED:
+            due, because = _moved(self.calendar, self.history, key, due, because)
         event = PlannedEvent(
-            key=f"{self.prefix}:review:{label}:{seq}", kind=Kind.REVIEW, phase=Phase.REVIEW,
+            key=key, kind=Kind.REVIEW, phase=Phase.REVIEW,
             seq=seq, label=label, due=due, status=status, because=because, done_on=done_on,
         )
         self.events.append(event)
@@ -307,7 +335,8 @@ class _RegimenPlanner:
 
     @property
     def gate_due(self) -> date:
-        return self.calendar.next_open(self.treatment_start + timedelta(days=RESPONSE_GATE_AFTER_DAYS))
+        due = self.calendar.next_open(self.treatment_start + timedelta(days=RESPONSE_GATE_AFTER_DAYS))
+        return _moved(self.calendar, self.history, f"{self.prefix}:review:{RESPONSE_GATE_LABEL}:1", due, "")[0]
 
     def gate(self) -> None:
         confirmed = self.decided(DecisionKind.CONFIRM_RESPONSE)
@@ -369,6 +398,8 @@ def _plan_labs(enrolment: Enrolment, history: History, calendar: ClinicCalendar,
     for key, label, raw, tests, because in wanted:
         due, because = _shifted(calendar, raw, because)
         done_on = history.labs_done.get(key)
+        if done_on is None:
+            due, because = _moved(calendar, history, key, due, because)
         events.append(PlannedEvent(
             key=key, kind=Kind.LAB, phase=Phase.MONITORING, seq=0, label=label, due=due,
             status=Status.DONE if done_on else Status.PLANNED, because=because,

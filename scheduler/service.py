@@ -8,25 +8,36 @@ here reads the clock.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from typing import Any
 
+from sqlalchemy import case, func, or_
+from sqlalchemy import select as sa_select
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
-from models import Decision, Dose, Event, LabResult, Patient, Regimen
+from models import Audit, Decision, Dose, Event, EventMove, LabResult, Patient, Regimen
+from models.types import utcnow
 from scheduler import domain, labs
 from scheduler.alerts import DEFAULT_POLICY, AlertPolicy, is_pernicious, renal_dysfunction
 from scheduler.clinic_calendar import ClinicCalendar
+from scheduler.db import chunked
 from scheduler.domain import DecisionKind, Status
 from scheduler.errors import BadInput
 from scheduler.protocols import PROTOCOLS, check_maintenance_months, get_protocol
 from scheduler.store import (
     PatientRecord,
     audit,
+    drug_of,
+    event_json,
     get_patient,
     load_record,
+    order_label,
+    regimen_drugs,
     replan,
 )
 
@@ -40,14 +51,26 @@ RENAL_REFUSAL = (
 
 
 @dataclass(frozen=True)
+class EarlyWindows:
+    """Clinic policy ([clinic] early_days_loading, early_days_maintenance): a dose
+    given more than this many days before its due date is taken for a slip of the
+    keyboard unless the nurse says it is meant (``give --early``)."""
+
+    loading: int = 1
+    maintenance: int = 14
+
+
+@dataclass(frozen=True)
 class Context:
     """What every command needs from the edge: the clinic's calendar, the local
-    date (read once), who is acting, and the clinic's alert thresholds."""
+    date (read once), who is acting, the clinic's alert thresholds and its early
+    windows for doses."""
 
     calendar: ClinicCalendar
     today: date
     actor: str
     policy: AlertPolicy = DEFAULT_POLICY
+    early: EarlyWindows = EarlyWindows()
 
 
 def _id(patient: Patient) -> int:
@@ -89,6 +112,32 @@ def _open(session: Session, ctx: Context, mrn: str, on: date | None, what: str
 _PHONE = re.compile(r"\+?[0-9][0-9 ()./-]{2,38}")
 
 
+def check_email(value: str, flag: str = "--email") -> str:
+    """An email address, stripped; anything that is not one is bad input.
+
+    The one check of an address: enrolment and ``edit`` both call it.
+    """
+    email = value.strip()
+    if not email.isprintable():
+        raise BadInput(f"{flag} must not contain control characters (newlines, tabs, ...)")
+    if "@" not in email or " " in email or email.startswith("@") or email.endswith("@"):
+        raise BadInput(f"{flag} {email!r} is not an email address")
+    if len(email) > 320:  # the column's length
+        raise BadInput(f"{flag} is {len(email)} characters long: at most 320 are allowed")
+    return email
+
+
+def check_name(value: str, flag: str = "--name") -> str:
+    name = value.strip()
+    if not name:
+        raise BadInput(f"{flag} must not be empty")
+    if not name.isprintable():
+        raise BadInput(f"{flag} must not contain control characters (newlines, tabs, ...)")
+    if len(name) > 200:  # the column's length
+        raise BadInput(f"{flag} is {len(name)} characters long: at most 200 are allowed")
+    return name
+
+
 def check_phone(phone: str | None, flag: str = "--phone") -> str | None:
     """A telephone number as a nurse would dial it: digits, spaces, ``+ ( ) . / -``."""
     if phone is None or not phone.strip():
@@ -111,16 +160,13 @@ def enroll(
         raise BadInput("--mrn must not be empty")
     if not name:
         raise BadInput("--name must not be empty")
-    for flag, printable in (("--mrn", mrn), ("--name", name), ("--email", email or "")):
-        if not printable.isprintable():
-            raise BadInput(f"{flag} must not contain control characters (newlines, tabs, ...)")
+    if not mrn.isprintable():
+        raise BadInput("--mrn must not contain control characters (newlines, tabs, ...)")
+    if len(mrn) > 64:  # the column's length
+        raise BadInput(f"--mrn is {len(mrn)} characters long: at most 64 are allowed")
+    name = check_name(name)
     if email is not None:
-        email = email.strip()
-        if "@" not in email or " " in email or email.startswith("@") or email.endswith("@"):
-            raise BadInput(f"--email {email!r} is not an email address")
-    for option, given, longest in (("--mrn", mrn, 64), ("--name", name, 200), ("--email", email, 320)):
-        if given is not None and len(given) > longest:  # the columns' lengths
-            raise BadInput(f"{option} is {len(given)} characters long: at most {longest} are allowed")
+        email = check_email(email)
     chosen = get_protocol(protocol or ("hydroxo-neuro" if neuro else "hydroxo"))
     months = check_maintenance_months(
         chosen, maintenance_months if maintenance_months is not None else chosen.default_maintenance_months
@@ -161,20 +207,24 @@ def enroll(
 # -- doses -------------------------------------------------------------------------
 
 
-def give(session: Session, ctx: Context, mrn: str, on: date | None = None) -> Event:
-    """Record the next planned dose of the current regimen as given on ``on``."""
+def give(session: Session, ctx: Context, mrn: str, on: date | None = None, *, early: bool = False) -> Event:
+    """Record the next planned dose of the current regimen as given on ``on``.
+
+    A dose more than the clinic's early window before its due date is refused
+    unless ``early`` says it is meant.
+    """
     on, patient, record, regimen = _open(session, ctx, mrn, on, "a dose")
     if on < regimen.start:
         raise BadInput(
             f"{on.isoformat()} is before the start of {regimen.protocol} on {regimen.start.isoformat()}"
         )
-    for dose in record.doses:
+    for dose in record.doses_in_force:
         if dose.given_on == on:
             raise BadInput(f"a dose was already given to {mrn} on {on.isoformat()}")
-    last = max((d.given_on for d in record.doses), default=None)
+    last = max((d.given_on for d in record.doses_in_force), default=None)
     if last is not None and on < last:
         raise BadInput(f"a dose was given on {last.isoformat()}: a later dose cannot be given before it")
-    decided = [d.on for d in record.decisions
+    decided = [d.on for d in record.decisions_in_force
                if d.kind in (DecisionKind.END_LOADING, DecisionKind.CONFIRM_RESPONSE) and d.on >= regimen.start]
     if decided and on < max(decided):
         raise BadInput(
@@ -190,8 +240,20 @@ def give(session: Session, ctx: Context, mrn: str, on: date | None = None) -> Ev
             )
         raise BadInput(f"no dose is planned for {mrn}")
     event = min(planned, key=lambda e: (e.due, e.seq))
+    window = ctx.early.loading if event.phase == "loading" else ctx.early.maintenance
+    days_early = (event.due - on).days
+    # Given on a closed day the dose was moved off (the weekend before a Monday due
+    # date): the same clinic day, not early.
+    same_clinic_day = ctx.calendar.next_open(on) >= event.due
+    if days_early > window and not same_clinic_day and not early:
+        raise BadInput(
+            f"{event.phase} dose {event.seq} of {mrn} is due on {event.due.isoformat()}: "
+            f"{on.isoformat()} is {days_early} days early (the clinic allows {window}); "
+            f"add --early if it is meant"
+        )
     session.add(Dose(patient_id=_id(patient), event_key=event.key, given_on=on, recorded_by=ctx.actor))
-    audit(session, ctx.actor, "give", patient, event=event.key, given_on=on)
+    audit(session, ctx.actor, "give", patient, event=event.key, given_on=on,
+          **({"early_days": days_early} if days_early > window else {}))
     session.flush()
     replan(session, patient, ctx.calendar, ctx.today, policy=ctx.policy)
     return event
@@ -217,6 +279,10 @@ def record_lab(
     _not_future(ctx, on, "a lab result")
     record = load_record(session, patient)
     open_orders = [e for e in record.events if e.kind == "lab" and e.status == Status.PLANNED]
+
+    def asks(e: Event) -> set[str]:
+        return set(labs.asked_codes(e.tests.split())) & set(codes)
+
     if order is not None:
         named = [e for e in open_orders if e.label == order]
         if not named:
@@ -225,15 +291,25 @@ def record_lab(
                 f"no open lab order {order!r} for {mrn}"
                 + (f": open ones are {', '.join(labels)}" if labels else "")
             )
-        open_orders = named
-    chosen = min(open_orders, key=lambda e: (abs((e.due - on).days), e.due), default=None)
+        candidates = [e for e in named if asks(e)]
+        if not candidates:
+            raise BadInput(
+                f"lab order {order} asks for {', '.join(named[0].tests.split())}, "
+                f"not for {', '.join(codes)}: record these without --order"
+            )
+    else:
+        # Only an order that asks for one of these tests; the nearest, the earlier on a tie.
+        candidates = [e for e in open_orders if asks(e)]
+    chosen = min(candidates, key=lambda e: (abs((e.due - on).days), e.due), default=None)
+    covered = asks(chosen) if chosen else set()
     for code, value, text in parsed:
         session.add(LabResult(
             patient_id=_id(patient), code=code, value=value, text=text,
             unit=labs.CATALOG[code].unit or "", taken_on=on,
-            order_key=chosen.key if chosen else None, recorded_by=ctx.actor,
+            order_key=chosen.key if chosen and code in covered else None, recorded_by=ctx.actor,
         ))
-    audit(session, ctx.actor, "lab", patient, order=chosen.key if chosen else None, on=on, codes=codes)
+    audit(session, ctx.actor, "lab", patient, order=chosen.key if chosen else None, on=on, codes=codes,
+          **({"completes_nothing": sorted(set(codes) - covered)} if set(codes) - covered else {}))
     session.flush()
     record = load_record(session, patient)
     if is_pernicious(record.lab_results()) and not patient.pernicious:
@@ -251,7 +327,7 @@ def _decide(session: Session, ctx: Context, patient: Patient, kind: DecisionKind
             note: str | None = None) -> None:
     session.add(Decision(patient_id=_id(patient), kind=kind.value, on=on, note=note,
                          recorded_by=ctx.actor))
-    audit(session, ctx.actor, kind.value, patient, on=on)
+    audit(session, ctx.actor, kind.value, patient, on=on, **({"reason": note} if note else {}))
     session.flush()
     replan(session, patient, ctx.calendar, ctx.today, policy=ctx.policy)
 
@@ -265,15 +341,24 @@ def _regimen_decision(session: Session, ctx: Context, mrn: str, on: date | None,
         raise BadInput(
             f"{on.isoformat()} is before the start of {regimen.protocol} on {regimen.start.isoformat()}"
         )
-    if any(d.kind == kind.value and d.on >= regimen.start for d in record.decisions):
+    if any(d.kind == kind.value and d.on >= regimen.start for d in record.decisions_in_force):
         raise BadInput(f"{what} was already recorded for {mrn}")
     _not_before_last_dose(record, on, what)
+    if kind == DecisionKind.END_LOADING and not _doses_of(record, regimen):
+        raise BadInput(f"no loading dose of {regimen.protocol} was given to {mrn}: loading cannot end "
+                       "before it began (record the doses given first)")
     return patient
+
+
+def _doses_of(record: PatientRecord, regimen: Regimen) -> list[Dose]:
+    """The doses in force given under ``regimen``."""
+    prefix = f"r{regimen.number}:"
+    return [d for d in record.doses_in_force if d.event_key.startswith(prefix)]
 
 
 def _not_before_last_dose(record: PatientRecord, on: date, what: str) -> None:
     """A decision cannot be dated before a dose that was already given."""
-    last = max((d.given_on for d in record.doses), default=None)
+    last = max((d.given_on for d in record.doses_in_force), default=None)
     if last is not None and on < last:
         raise BadInput(
             f"{what} on {on.isoformat()} is before the last dose given, on {last.isoformat()}"
@@ -299,7 +384,7 @@ def review(session: Session, ctx: Context, mrn: str, on: date | None = None) -> 
     on, patient, record, regimen = _open(session, ctx, mrn, on, "a review")
     if regimen.protocol != "hydroxo-neuro":
         raise BadInput(f"review applies to hydroxo-neuro only; {mrn} is on {regimen.protocol}")
-    if any(d.kind == DecisionKind.END_LOADING.value and d.on >= regimen.start for d in record.decisions):
+    if any(d.kind == DecisionKind.END_LOADING.value and d.on >= regimen.start for d in record.decisions_in_force):
         raise BadInput(f"loading has ended for {mrn}: there is no review to record")
     _decide(session, ctx, patient, DecisionKind.REVIEW, on)
 
@@ -386,3 +471,362 @@ def worklist(session: Session, until: date) -> list[tuple[Event, Patient]]:
         .order_by(col(Event.due), col(Patient.mrn), col(Event.kind), col(Event.seq))
     )
     return [(e, p) for e, p in session.exec(query)]
+
+
+# -- finding patients ----------------------------------------------------------------
+
+PATIENT_STATUSES = ("active", "discharged", "all")
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def list_patients(session: Session, ctx: Context, *, search: str | None = None,
+                  status: str = "active") -> list[dict[str, Any]]:
+    """Patients by MRN: ``mrn``, ``name``, ``protocol`` (the current one), ``status``,
+    ``next_due`` (the earliest planned event: ``date``, ``kind``, ``label``; null when
+    none) and ``open_alerts`` (codes, most urgent first).
+
+    ``search`` matches the start of the MRN or any part of the name, ignoring case.
+    One query for the patients with their protocol and next event, one for their
+    open alerts: no query per patient.
+    """
+    if status not in PATIENT_STATUSES:
+        raise BadInput(f"--status {status!r}: choose one of {', '.join(PATIENT_STATUSES)}")
+    nxt = aliased(Event)
+    current = (
+        select(Regimen.protocol).where(col(Regimen.patient_id) == col(Patient.id))
+        .order_by(col(Regimen.number).desc()).limit(1).correlate(Patient).scalar_subquery()
+    )
+    kind_order = case({"dose": 0, "lab": 1, "review": 2}, value=col(nxt.kind), else_=9)
+    next_id = (
+        select(nxt.id).where(col(nxt.patient_id) == col(Patient.id), col(nxt.status) == Status.PLANNED.value)
+        .order_by(col(nxt.due), kind_order, col(nxt.seq), col(nxt.id)).limit(1)
+        .correlate(Patient).scalar_subquery()
+    )
+    query = (
+        sa_select(col(Patient.id), col(Patient.mrn), col(Patient.name), col(Patient.status),
+                  current.label("protocol"), col(Event.due), col(Event.kind), col(Event.label))
+        .select_from(Patient)
+        .join(Event, col(Event.id) == next_id, isouter=True)
+        .order_by(col(Patient.mrn))
+    )
+    if status != "all":
+        query = query.where(col(Patient.status) == status)
+    if search is not None and search.strip():
+        text = _like_escape(search.strip().lower())
+        query = query.where(or_(
+            func.lower(col(Patient.mrn)).like(f"{text}%", escape="\\"),
+            func.lower(col(Patient.name)).like(f"%{text}%", escape="\\"),
+        ))
+    rows: list[Any] = list(session.execute(query).all())
+    alerts = open_alert_codes(session, [row[0] for row in rows])
+    return [
+        {
+            "mrn": mrn, "name": name, "protocol": protocol, "status": patient_status,
+            "next_due": {"date": due.isoformat(), "kind": kind, "label": label} if due else None,
+            "open_alerts": alerts.get(pid, []),
+        }
+        for pid, mrn, name, patient_status, protocol, due, kind, label in rows
+    ]
+
+
+def open_alert_codes(session: Session, patient_ids: Sequence[int]) -> dict[int, list[str]]:
+    """Each patient's open alert codes, most urgent first: one query per 10,000 patients."""
+    from models import Alert
+
+    rank = {s.value: r for s, r in domain.SEVERITY_RANK.items()}
+    found: dict[int, list[tuple[int, str]]] = {}
+    for chunk in chunked(list(patient_ids)):
+        query = select(Alert.patient_id, Alert.severity, Alert.code).where(
+            col(Alert.patient_id).in_(chunk), Alert.status == "open")
+        for pid, severity, code in session.exec(query):
+            found.setdefault(pid, []).append((rank.get(severity, 9), code))
+    return {pid: [code for _, code in sorted(codes)] for pid, codes in found.items()}
+
+
+# -- editing a patient's details -----------------------------------------------------
+
+EDITABLE = ("name", "email", "phone", "neuro", "renal_impairment", "on_folic_acid")
+
+
+def edit_patient(session: Session, ctx: Context, mrn: str, **changes: Any) -> Patient:
+    """Change a patient's details; alerts are re-evaluated (renal impairment on
+    ``cyano`` raises ``renal-cyano``; the nurse then switches the protocol).
+
+    ``changes`` are keyed by ``EDITABLE``; a value of None (or a key left out)
+    leaves that detail as it is, and ``""`` clears an email or phone number.
+    Audited with the old and the new values of what changed.
+    """
+    unknown = sorted(set(changes) - set(EDITABLE))
+    if unknown:
+        raise BadInput(f"cannot edit {', '.join(unknown)}: editable are {', '.join(EDITABLE)}")
+    wanted = {k: v for k, v in changes.items() if v is not None}
+    if not wanted:
+        raise BadInput("nothing to change: give --name, --email/--no-email, --phone/--no-phone, "
+                       "--neuro/--no-neuro, --renal-impairment/--no-renal-impairment "
+                       "or --on-folic-acid/--no-folic-acid")
+    new: dict[str, Any] = {}
+    for key, value in wanted.items():
+        if key == "name":
+            new[key] = check_name(str(value))
+        elif key == "email":
+            new[key] = check_email(str(value)) if str(value).strip() else None
+        elif key == "phone":
+            new[key] = check_phone(str(value)) if str(value).strip() else None
+        else:
+            new[key] = bool(value)
+    patient = get_patient(session, mrn, for_update=True)
+    old = {k: getattr(patient, k) for k in new}
+    changed = {k for k in new if new[k] != old[k]}
+    if not changed:
+        return patient
+    for key in changed:
+        setattr(patient, key, new[key])
+    patient.updated_at = utcnow()
+    session.add(patient)
+    audit(session, ctx.actor, "edit", patient,
+          old={k: old[k] for k in sorted(changed)}, new={k: new[k] for k in sorted(changed)})
+    session.flush()
+    replan(session, patient, ctx.calendar, ctx.today, policy=ctx.policy)
+    return patient
+
+
+# -- corrections -----------------------------------------------------------------------
+
+
+def _event_of(session: Session, patient: Patient, event_id: int) -> Event:
+    event = session.get(Event, event_id)
+    if event is None or event.patient_id != patient.id:
+        raise BadInput(f"{patient.mrn} has no event {event_id}: see `cobalt schedule {patient.mrn}` for the ids")
+    return event
+
+
+def _says(event: Event) -> str:
+    return f"event {event.id} ({event.kind} {event.label} {event.seq})"
+
+
+def _regimen_of(record: PatientRecord, key: str) -> Regimen | None:
+    """The regimen a dose or review key belongs to (``r2:...`` -> regimen 2)."""
+    head = key.split(":", 1)[0]
+    if not head.startswith("r") or not head[1:].isdigit():
+        return None
+    return next((r for r in record.regimens if r.number == int(head[1:])), None)
+
+
+def _completing_records(record: PatientRecord, event: Event) -> list[Dose | LabResult | Decision]:
+    """The records in force that completed a done event: the dose given, the lab
+    order's results, the review or decision."""
+    if event.kind == "dose":
+        return [d for d in record.doses_in_force if d.given_on == event.done_on]
+    if event.kind == "lab":
+        return [r for r in record.results_in_force if r.order_key == event.key]
+    regimen = _regimen_of(record, event.key)
+    start = regimen.start if regimen else date.min
+    kinds = ([DecisionKind.CONFIRM_RESPONSE] if event.label == "response-gate"
+             else [DecisionKind.REVIEW, DecisionKind.END_LOADING])
+    for kind in kinds:  # a neuro review is answered by a review, else by the end of loading
+        found = [d for d in record.decisions_in_force
+                 if d.kind == kind.value and d.on == event.done_on and d.on >= start]
+        if found:
+            return [found[0]]
+    return []
+
+
+def void_record(session: Session, ctx: Context, mrn: str, event_id: int, reason: str) -> Event:
+    """The record that completed ``event_id`` was entered in error: it stays, marked
+    void, and no longer counts; the patient is replanned as if it had never been made."""
+    reason = reason.strip()
+    if not reason:
+        raise BadInput("--reason must not be empty: say why the record is void")
+    patient = get_patient(session, mrn, for_update=True)
+    _active(patient)
+    event = _event_of(session, patient, event_id)
+    if event.status != Status.DONE:
+        raise BadInput(f"{_says(event)} is {event.status}: there is no record of it to void")
+    record = load_record(session, patient)
+    found = _completing_records(record, event)
+    if not found:
+        raise BadInput(f"{_says(event)} was not completed by a record Cobalt can void")
+    if isinstance(found[0], Decision):
+        later = [d.given_on for d in record.doses_in_force if d.given_on > found[0].on]
+        if later:
+            raise BadInput(
+                f"doses were given after the {found[0].kind} of {found[0].on.isoformat()} "
+                f"(from {min(later).isoformat()}): void those first"
+            )
+    old = {"status": event.status, "done_on": event.done_on}
+    now = utcnow()
+    for row in found:
+        row.voided_at, row.voided_by, row.void_reason = now, ctx.actor[:64], reason[:400]
+        session.add(row)
+    session.flush()
+    record = replan(session, patient, ctx.calendar, ctx.today, policy=ctx.policy)
+    if isinstance(found[0], LabResult):
+        pernicious = is_pernicious(record.lab_results())
+        if pernicious != patient.pernicious:
+            patient.pernicious = pernicious
+            session.add(patient)
+            audit(session, ctx.actor, "mark-pernicious" if pernicious else "unmark-pernicious", patient,
+                  reason=reason)
+    audit(session, ctx.actor, "void", patient, event=event.id, key=event.key, record=_record_kind(found[0]),
+          records=[row.id for row in found], old=old,
+          new={"status": event.status, "done_on": event.done_on}, reason=reason)
+    session.flush()
+    return event
+
+
+def _record_kind(row: Dose | LabResult | Decision) -> str:
+    if isinstance(row, Dose):
+        return "dose"
+    if isinstance(row, LabResult):
+        return "lab results"
+    return row.kind
+
+
+def move_event(session: Session, ctx: Context, mrn: str, event_id: int, to: date,
+               reason: str | None = None) -> Event:
+    """A planned dose, lab order or review is moved to ``to`` (the patient cannot come
+    on its day); the doses after it count from ``to``. Refused for an event that is
+    done, cancelled or held, for a day in the past or a closed day."""
+    reason = (reason or "").strip() or None
+    patient = get_patient(session, mrn, for_update=True)
+    _active(patient)
+    event = _event_of(session, patient, event_id)
+    if event.status == Status.DONE:
+        raise BadInput(f"{_says(event)} is done (on {event.done_on}): a done event cannot be moved")
+    if event.status == Status.CANCELLED:
+        raise BadInput(f"{_says(event)} is cancelled: a cancelled event cannot be moved")
+    if event.status == Status.HELD:
+        raise BadInput(f"{_says(event)} is held until the response is confirmed: it has no date to move yet")
+    if to < ctx.today:
+        raise BadInput(f"--to {to.isoformat()} is in the past (today is {ctx.today.isoformat()})")
+    if not ctx.calendar.is_open(to):
+        raise BadInput(f"--to {to.isoformat()} is a closed day ({ctx.calendar.closed_reason(to)}): "
+                       "choose a day the clinic is open")
+    if to > ctx.today + timedelta(days=START_AT_MOST_DAYS_AHEAD):
+        raise BadInput(f"--to {to.isoformat()} is more than a year ahead: check the year")
+    if to == event.due:
+        raise BadInput(f"{_says(event)} is already due on {to.isoformat()}")
+    record = load_record(session, patient)
+    if event.kind == "dose":
+        before = _dose_before(record, event)
+        if before is not None and to <= before[1]:
+            raise BadInput(f"--to {to.isoformat()} is not after the dose before it ({before[0]}, "
+                           f"{before[1].isoformat()}): doses keep their order")
+    old = {"due": event.due}
+    session.add(EventMove(patient_id=_id(patient), event_key=event.key, moved_from=event.due, moved_to=to,
+                          reason=reason[:400] if reason else None, recorded_by=ctx.actor))
+    session.flush()
+    replan(session, patient, ctx.calendar, ctx.today, policy=ctx.policy)
+    audit(session, ctx.actor, "move", patient, event=event.id, key=event.key, old=old,
+          new={"due": event.due}, reason=reason)
+    session.flush()
+    return event
+
+
+def _dose_before(record: PatientRecord, event: Event) -> tuple[str, date] | None:
+    """The dose of the same regimen just before ``event`` in the plan, and its date
+    (given, or due)."""
+    prefix = event.key.split(":", 1)[0] + ":dose:"  # "r1:dose:loading:2" -> "r1:dose:"
+
+    def order(e: Event) -> tuple[int, int]:
+        return (0 if e.phase == "loading" else 1, e.seq)
+
+    earlier = [e for e in record.events if e.key.startswith(prefix) and order(e) < order(event)
+               and e.status != Status.CANCELLED]
+    if not earlier:
+        return None
+    last = max(earlier, key=order)
+    return f"{last.phase} dose {last.seq}", last.done_on or last.due
+
+
+# -- the audit trail -------------------------------------------------------------------
+
+
+def audit_trail(session: Session, *, mrn: str | None = None, since: date | None = None,
+                tz: tzinfo = UTC) -> list[dict[str, Any]]:
+    """The audit trail, newest first: ``at``, ``by``, ``action``, ``mrn``, ``details``
+    (old and new values, the reason). ``since`` is a day in ``tz`` (the clinic's)."""
+    query = (
+        select(Audit, Patient.mrn).join(Patient, col(Patient.id) == col(Audit.patient_id), isouter=True)
+        .order_by(col(Audit.at).desc(), col(Audit.id).desc())
+    )
+    if mrn is not None:
+        patient = get_patient(session, mrn)
+        query = query.where(col(Audit.patient_id) == patient.id)
+    if since is not None:
+        query = query.where(col(Audit.at) >= datetime.combine(since, time(0), tzinfo=tz).astimezone(UTC))
+    out = []
+    for row, row_mrn in session.exec(query):
+        try:
+            details = json.loads(row.detail) if row.detail else {}
+        except ValueError:
+            details = {"text": row.detail}
+        out.append({"at": row.at.isoformat(), "by": row.actor, "action": row.action, "mrn": row_mrn,
+                    "details": details})
+    return out
+
+
+# -- the worklist ----------------------------------------------------------------------
+
+
+def worklist_items(session: Session, *, on: date, until: date) -> list[dict[str, Any]]:
+    """The worklist as rows (``due --json``, the web's worklist): every planned event due
+    on or before ``until`` for active patients, each with its ``mrn``, ``name``,
+    ``overdue`` (due before ``on``), the patient's open ``alerts``, and what to give:
+    ``drug`` and ``amount`` for a dose (null otherwise), ``tests`` for a lab order."""
+    from scheduler.safety import open_alerts_by_patient
+
+    rows = worklist(session, until)
+    ids = sorted({p.id for _, p in rows if p.id is not None})
+    alerts = open_alerts_by_patient(session, ids)
+    drugs = regimen_drugs(session, ids)
+    items = []
+    for event, patient in rows:
+        item = event_json(event)
+        drug, amount = drug_of(event, drugs)
+        item.update(mrn=patient.mrn, name=patient.name, overdue=event.due < on, drug=drug, amount=amount,
+                    alerts=alerts.get(patient.id or 0, []))
+        items.append(item)
+    return items
+
+
+# -- what schedule shows of corrections -------------------------------------------------
+
+
+def voided_json(record: PatientRecord) -> list[dict[str, Any]]:
+    """Each void record: ``what``, ``when`` (voided at), ``by`` (whom), ``why``; with
+    ``record`` (dose, lab results, or the decision), ``on`` (its date) and
+    ``recorded_by``. Oldest first."""
+    out: list[dict[str, Any]] = []
+    for dose in record.doses:
+        if dose.voided_at is not None:
+            out.append(_void_item(dose, "dose", dose.given_on, f"dose given {dose.given_on.isoformat()}"))
+    by_order: dict[tuple[str | None, date, datetime], list[LabResult]] = {}
+    for result in record.results:
+        if result.voided_at is not None:
+            by_order.setdefault((result.order_key, result.taken_on, result.voided_at), []).append(result)
+    for (order_key, taken_on, _), rows in by_order.items():
+        label = order_label(order_key) or "no order"
+        codes = ", ".join(r.code for r in sorted(rows, key=lambda r: r.id or 0))
+        out.append(_void_item(rows[0], "lab results", taken_on,
+                              f"lab results ({label}) taken {taken_on.isoformat()}: {codes}"))
+    for decision in record.decisions:
+        if decision.voided_at is not None:
+            out.append(_void_item(decision, decision.kind, decision.on,
+                                  f"{decision.kind} recorded for {decision.on.isoformat()}"))
+    return sorted(out, key=lambda v: v["when"])
+
+
+def _void_item(row: Dose | LabResult | Decision, kind: str, on: date, what: str) -> dict[str, Any]:
+    assert row.voided_at is not None
+    return {"what": what, "when": row.voided_at.isoformat(), "by": row.voided_by, "why": row.void_reason,
+            "record": kind, "on": on.isoformat(), "recorded_by": row.recorded_by}
+
+
+def lab_missing(record: PatientRecord, event: Event) -> list[str]:
+    """The tests of a done lab order still without a result (``missing``)."""
+    recorded = [r.code for r in record.results_in_force if r.order_key == event.key]
+    return labs.missing_tests(event.tests.split(), recorded)

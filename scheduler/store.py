@@ -17,13 +17,15 @@ from typing import Any
 from sqlalchemy import delete
 from sqlmodel import Session, col, select
 
-from models import Audit, Decision, Dose, Event, LabResult, Patient, Regimen
+from models import Audit, Decision, Dose, Event, EventMove, LabResult, Patient, Regimen
 from models.types import utcnow
 from scheduler import domain
 from scheduler.alerts import DEFAULT_POLICY, AlertPolicy, extra_lab_orders
 from scheduler.clinic_calendar import ClinicCalendar
+from scheduler.db import chunked
 from scheduler.errors import NotFound
 from scheduler.planning import PLAN_AHEAD_MONTHS, add_months, horizon, plan
+from scheduler.protocols import PROTOCOLS
 
 
 def get_patient(session: Session, mrn: str, *, for_update: bool = False) -> Patient:
@@ -53,6 +55,19 @@ class PatientRecord:
     results: list[LabResult] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    moves: list[EventMove] = field(default_factory=list)
+
+    @property
+    def results_in_force(self) -> list[LabResult]:
+        return [r for r in self.results if r.voided_at is None]
+
+    @property
+    def doses_in_force(self) -> list[Dose]:
+        return [d for d in self.doses if d.voided_at is None]
+
+    @property
+    def decisions_in_force(self) -> list[Decision]:
+        return [d for d in self.decisions if d.voided_at is None]
 
     def enrolment(self) -> domain.Enrolment:
         p = self.patient
@@ -73,29 +88,30 @@ class PatientRecord:
                 code=r.code, taken_on=r.taken_on, value=r.value, text=r.text,
                 order_label=order_label(r.order_key),
             )
-            for r in sorted(self.results, key=lambda r: (r.taken_on, r.id or 0))
+            for r in sorted(self.results_in_force, key=lambda r: (r.taken_on, r.id or 0))
         ]
 
     def history(self) -> domain.History:
         labs_done: dict[str, date] = {}
-        for r in self.results:
+        for r in self.results_in_force:
             if r.order_key and (r.order_key not in labs_done or r.taken_on < labs_done[r.order_key]):
                 labs_done[r.order_key] = r.taken_on
         return domain.History(
             doses=tuple(
-                domain.GivenDose(d.event_key, d.given_on)
-                for d in sorted(self.doses, key=lambda d: d.given_on)
+                domain.GivenDose(d.event_key, d.given_on, voided=d.voided_at is not None)
+                for d in sorted(self.doses, key=lambda d: (d.given_on, d.id or 0))
             ),
             labs_done=labs_done,
             decisions=tuple(
-                domain.Decision(domain.DecisionKind(d.kind), d.on)
+                domain.Decision(domain.DecisionKind(d.kind), d.on, voided=d.voided_at is not None)
                 for d in sorted(self.decisions, key=lambda d: (d.on, d.id or 0))
             ),
             extra_lab_orders=tuple(extra_lab_orders(self.lab_results())),
+            moves={m.event_key: m.moved_to for m in sorted(self.moves, key=lambda m: m.id or 0)},
         )
 
     def first_dose_on(self) -> date | None:
-        return min((d.given_on for d in self.doses), default=None)
+        return min((d.given_on for d in self.doses_in_force), default=None)
 
 
 def order_label(order_key: str | None) -> str | None:
@@ -113,7 +129,7 @@ def load_records(session: Session, patients: Sequence[Patient]) -> list[PatientR
         return []
     tables: tuple[tuple[Any, str], ...] = (
         (Regimen, "regimens"), (Dose, "doses"), (LabResult, "results"),
-        (Decision, "decisions"), (Event, "events"),
+        (Decision, "decisions"), (Event, "events"), (EventMove, "moves"),
     )
     for table, attr in tables:
         for row in session.exec(select(table).where(col(table.patient_id).in_(ids))):
@@ -208,3 +224,25 @@ def event_json(event: Event) -> dict[str, Any]:
 def sorted_events(events: Iterable[Event]) -> list[Event]:
     order = {"dose": 0, "lab": 1, "review": 2}
     return sorted(events, key=lambda e: (e.due, order.get(e.kind, 9), e.seq, e.id or 0))
+
+
+def regimen_drugs(session: Session, patient_ids: Sequence[int]) -> dict[tuple[int, int], tuple[str, str]]:
+    """(patient id, regimen number) -> (drug, amount): "hydroxocobalamin", "1 mg"."""
+    found: dict[tuple[int, int], tuple[str, str]] = {}
+    for chunk in chunked(list(patient_ids)):
+        query = select(Regimen.patient_id, Regimen.number, Regimen.protocol).where(
+            col(Regimen.patient_id).in_(chunk))
+        for pid, number, protocol in session.exec(query):
+            chosen = PROTOCOLS.get(protocol)
+            if chosen is not None:
+                found[(pid, number)] = (chosen.drug, chosen.dose)
+    return found
+
+
+def drug_of(event: Event, drugs: dict[tuple[int, int], tuple[str, str]]) -> tuple[str | None, str | None]:
+    """A dose's drug and amount, from its regimen (the ``r2`` of ``r2:dose:...``); (None, None) otherwise."""
+    number = event.key.split(":", 1)[0][1:]
+    if event.kind != "dose" or not number.isdigit():
+        return None, None
+    found = drugs.get((event.patient_id, int(number)))
+    return found if found else (None, None)

@@ -569,7 +569,7 @@ def test_environment_overrides_the_clinic_time_zone(clinic: Clinic) -> None:
         enroll(clinic, "U1", start="2026-03-20")
         ok(clinic, "give", "U1")
         clinic.monkeypatch.setenv("COBALT_CLINIC_TIMEZONE", "Europe/Berlin")
-        ok(clinic, "give", "U1")
+        ok(clinic, "give", "U1", "--early")  # Saturday: two days before Monday's dose
     assert [e["done_on"] for e in doses(schedule(clinic, "U1"))[:2]] == ["2026-03-20", "2026-03-21"]
 
 
@@ -680,6 +680,7 @@ def test_one_result_flag_takes_several_results(clinic):
 ])
 def test_commands_that_confirm_also_answer_in_json(clinic, args):
     assert clinic.cobalt("enroll", "--mrn", "N1", "--name", "Neo", "--neuro", "--start", "2026-03-02").code == 0
+    assert clinic.cobalt("give", "N1", "--on", "2026-03-02").code == 0  # loading ends only once begun
     result = clinic.cobalt(*args, "--json")
     assert result.code == 0, result.err
     assert result.json()["mrn"] == "N1"

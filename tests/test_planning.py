@@ -688,3 +688,157 @@ def test_event_keys_are_unique_and_stable_as_doses_are_given_and_time_passes(pro
     assert doses(before)[0].key == doses(after)[0].key  # the first dose, given late: same event
     assert doses(after)[0].done_on == D("2026-03-03")
     assert plan(enrolled, history, WEEKDAYS, D("2026-09-30")) == after  # pure: same input, same plan
+
+
+# -- corrections: a voided record is not history ---------------------------------------
+
+HYDROXO_START = "2026-03-02"  # a Monday; loading on an every-day clinic: 2, 4, 6, 9, 11, 13 March
+
+
+def recorded(*doses_given: tuple[str, bool]) -> History:
+    """Doses recorded in turn, as `cobalt give` keys them; ``True`` marks one voided."""
+    return History(doses=tuple(
+        GivenDose(f"r1:dose:loading:{n}", D(on), voided=void)
+        for n, (on, void) in enumerate(doses_given, start=1)
+    ))
+
+
+@pytest.mark.parametrize(
+    ("given", "expected_due", "expected_done"),
+    [
+        pytest.param([("2026-03-02", False), ("2026-03-04", True)],
+                     ["2026-03-02", "2026-03-04", "2026-03-06", "2026-03-09", "2026-03-11", "2026-03-13"],
+                     ["2026-03-02", None, None, None, None, None],
+                     id="a voided dose is planned again on its day"),
+        pytest.param([("2026-03-02", False), ("2026-03-05", True)],
+                     ["2026-03-02", "2026-03-04", "2026-03-06", "2026-03-09", "2026-03-11", "2026-03-13"],
+                     ["2026-03-02", None, None, None, None, None],
+                     id="a late dose voided no longer moves the later doses"),
+        pytest.param([("2026-03-02", False), ("2026-03-04", True), ("2026-03-06", False)],
+                     ["2026-03-02", "2026-03-04", "2026-03-08", "2026-03-11", "2026-03-13", "2026-03-15"],
+                     ["2026-03-02", "2026-03-06", None, None, None, None],
+                     id="a dose voided in the middle leaves no gap: the next one given is dose 2"),
+        pytest.param([("2026-03-02", True)],
+                     ["2026-03-02", "2026-03-04", "2026-03-06", "2026-03-09", "2026-03-11", "2026-03-13"],
+                     [None] * 6,
+                     id="the only dose voided: nothing was given"),
+    ],
+)
+def test_a_voided_dose_is_not_history(given: list[tuple[str, bool]], expected_due: list[str],
+                                      expected_done: list[str | None]) -> None:
+    events = plan(enrolment("hydroxo", HYDROXO_START), recorded(*given), EVERY_DAY, D("2026-03-06"))
+    loading = doses(events, Phase.LOADING)
+    assert dues(loading) == expected_due
+    assert [e.done_on.isoformat() if e.done_on else None for e in loading] == expected_done
+    assert [e.status for e in loading] == [Status.DONE if d else Status.PLANNED for d in expected_done]
+
+
+def test_a_voided_first_dose_no_longer_anchors_the_labs() -> None:
+    enrolled = enrolment("hydroxo", HYDROXO_START)
+    late_first = plan(enrolled, recorded(("2026-03-05", False)), EVERY_DAY, D("2026-03-05"))
+    voided = plan(enrolled, recorded(("2026-03-05", True)), EVERY_DAY, D("2026-03-05"))
+    assert labs(late_first)["lab:3-month"].due == D("2026-06-05")
+    assert labs(voided)["lab:3-month"].due == D("2026-06-02")
+    assert "the planned start" in labs(voided)["lab:3-month"].because
+
+
+@pytest.mark.parametrize(
+    ("protocol", "given", "decision", "voided", "expected"),
+    [
+        pytest.param("hydroxo-neuro", ["2026-03-02", "2026-03-04"], DecisionKind.END_LOADING, True,
+                     {"next loading": "2026-03-06", "maintenance": None},
+                     id="end-loading voided: loading goes on, no maintenance"),
+        pytest.param("hydroxo-neuro", ["2026-03-02", "2026-03-04"], DecisionKind.END_LOADING, False,
+                     {"next loading": None, "maintenance": "2026-05-04"},
+                     id="end-loading in force: maintenance 2 months after the last dose"),
+        pytest.param("cyano", [f"2026-03-0{d}" for d in range(2, 9)], DecisionKind.CONFIRM_RESPONSE, True,
+                     {"next loading": None, "maintenance": None},
+                     id="confirm-response voided: phase 2 is held again"),
+        pytest.param("cyano", [f"2026-03-0{d}" for d in range(2, 9)], DecisionKind.CONFIRM_RESPONSE, False,
+                     {"next loading": "2026-03-10", "maintenance": None},
+                     id="confirm-response in force: phase 2 two days after phase 1"),
+    ],
+)
+def test_a_voided_decision_is_not_history(protocol: str, given: list[str], decision: DecisionKind,
+                                          voided: bool, expected: dict[str, str | None]) -> None:
+    enrolled = enrolment(protocol, "2026-03-02")
+    history = give_in_turn(enrolled, EVERY_DAY, given)
+    history = History(doses=history.doses, decisions=(Decision(decision, D("2026-03-09"), voided=voided),))
+    events = plan(enrolled, history, EVERY_DAY, D("2026-03-09"))
+    planned = [e for e in doses(events, Phase.LOADING) if e.status == Status.PLANNED]
+    maintenance = [e for e in doses(events, Phase.MAINTENANCE) if e.status == Status.PLANNED]
+    assert (planned[0].due.isoformat() if planned else None) == expected["next loading"]
+    assert (maintenance[0].due.isoformat() if maintenance and protocol != "cyano" else None) == \
+        expected["maintenance"]
+    if protocol == "cyano":
+        held = [e for e in doses(events) if e.status == Status.HELD]
+        assert bool(held) == voided
+
+
+# -- corrections: a moved event is an anchor ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("moves", "given", "expected_loading"),
+    [
+        pytest.param({"r1:dose:loading:2": "2026-03-05"}, [],
+                     ["2026-03-02", "2026-03-05", "2026-03-07", "2026-03-10", "2026-03-12", "2026-03-14"],
+                     id="a moved dose: the later ones count from its new day"),
+        pytest.param({"r1:dose:loading:1": "2026-03-03"}, [],
+                     ["2026-03-03", "2026-03-05", "2026-03-07", "2026-03-10", "2026-03-12", "2026-03-14"],
+                     id="the first dose moved: the whole loading follows"),
+        pytest.param({"r1:dose:loading:4": "2026-03-08"}, [],
+                     ["2026-03-02", "2026-03-04", "2026-03-06", "2026-03-08", "2026-03-10", "2026-03-12"],
+                     id="moved earlier: the later ones come earlier too"),
+        pytest.param({"r1:dose:loading:1": "2026-03-03"}, ["2026-03-02"],
+                     ["2026-03-02", "2026-03-04", "2026-03-06", "2026-03-09", "2026-03-11", "2026-03-13"],
+                     id="a dose given wins over its move"),
+    ],
+)
+def test_a_moved_dose_is_due_on_its_new_day_and_later_doses_count_from_it(
+    moves: dict[str, str], given: list[str], expected_loading: list[str]
+) -> None:
+    enrolled = enrolment("hydroxo", HYDROXO_START)
+    history = give_in_turn(enrolled, EVERY_DAY, given)
+    history = History(doses=history.doses, moves={k: D(v) for k, v in moves.items()})
+    loading = doses(plan(enrolled, history, EVERY_DAY, D(HYDROXO_START)), Phase.LOADING)
+    assert dues(loading) == expected_loading
+    for event in loading:
+        if event.key in moves and event.status == Status.PLANNED:
+            assert event.because.startswith(f"moved to {moves[event.key]}")
+
+
+def test_a_moved_maintenance_dose_moves_the_maintenance_after_it() -> None:
+    enrolled = enrolment("hydroxo", HYDROXO_START)
+    before = doses(plan(enrolled, History(), EVERY_DAY, D(HYDROXO_START)), Phase.MAINTENANCE)
+    assert dues(before)[:3] == ["2026-06-13", "2026-09-13", "2026-12-13"]
+    history = History(moves={"r1:dose:maintenance:1": D("2026-06-20")})
+    after = doses(plan(enrolled, history, EVERY_DAY, D(HYDROXO_START)), Phase.MAINTENANCE)
+    assert dues(after)[:3] == ["2026-06-20", "2026-09-20", "2026-12-20"]
+    assert after[1].because == "3 months after maintenance dose 1, due 2026-06-20"
+
+
+@pytest.mark.parametrize(
+    ("key", "to", "calendar", "expected"),
+    [
+        pytest.param("lab:3-month", "2026-06-09", EVERY_DAY,
+                     {"lab:3-month": "2026-06-09", "lab:6-month": "2026-09-02"},
+                     id="a moved lab order; the others keep their day"),
+        pytest.param("lab:2-week", "2026-03-21", WEEKDAYS,
+                     {"lab:2-week": "2026-03-23", "lab:3-month": "2026-06-02"},
+                     id="moved to a day that has since closed: the next open day"),
+    ],
+)
+def test_a_moved_lab_order_is_due_on_its_new_day(key: str, to: str, calendar: ClinicCalendar,
+                                                 expected: dict[str, str]) -> None:
+    events = plan(enrolment("hydroxo", HYDROXO_START), History(moves={key: D(to)}), calendar, D(HYDROXO_START))
+    assert {k: labs(events)[k].due.isoformat() for k in expected} == expected
+
+
+def test_a_moved_review_is_due_on_its_new_day() -> None:
+    enrolled = enrolment("hydroxo-neuro", HYDROXO_START)
+    (review,) = reviews(plan(enrolled, History(), EVERY_DAY, D(HYDROXO_START)), "neuro-review")
+    assert review.due == D("2026-03-16")
+    history = History(moves={review.key: D("2026-03-18")})
+    (moved,) = reviews(plan(enrolled, history, EVERY_DAY, D(HYDROXO_START)), "neuro-review")
+    assert (moved.key, moved.due, moved.status) == (review.key, D("2026-03-18"), Status.PLANNED)

@@ -1,7 +1,7 @@
 """web users: names, roles, argon2 hashes and lockout
 
 Revision ID: 0009
-Revises: 0005
+Revises: 0007
 Create Date: 2026-11-26 01:00:00
 
 """
@@ -14,7 +14,7 @@ from alembic import op
 import models.types
 
 revision: str = '0009'
-down_revision: str | None = '0005'
+down_revision: str | None = '0007'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
