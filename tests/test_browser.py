@@ -219,7 +219,6 @@ def test_a_nurse_enrols_a_patient(page: Any, server: Server) -> None:
     assert server.patient("2001").email == "eve@example.org"
 
 
-@pytest.mark.skipif(not hasattr(service, "move_event"), reason="service.move_event is not in this version")
 def test_a_nurse_moves_a_visit(page: Any, server: Server) -> None:
     sign_in(page, "nina")
     page.goto("/patients/1007")

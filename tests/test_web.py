@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from models import Alert, Audit, Decision, Dose, LabResult, Patient, User
-from scheduler import db, service
+from scheduler import db
 from scheduler.web import create_app
 from tests.web_helpers import PASSWORD, XSS_NAME, csrf_of, populate, web_settings
 
@@ -202,7 +202,8 @@ def test_the_worklist_shows_overdue_due_today_and_coming_up_with_what_why_and_al
     overdue, rest = html.split('id="today-heading"')
     today, coming = rest.split('id="coming-heading"')
     assert "Olive Overdue" in overdue and 'href="/patients/MRN-OVERDUE"' in overdue
-    assert "hydroxocobalamin 1 mg IM" in overdue and "Lab tests: b12" in overdue
+    assert "hydroxocobalamin 1 mg (loading dose 1)" in overdue
+    assert "lab baseline: b12" in overdue
     assert "first dose, on the start date" in overdue  # why
     assert "platelets-low" in overdue
     assert "25-27G needle" in overdue  # the technique note for the latest platelet count
@@ -335,13 +336,12 @@ def test_an_implausible_result_shows_the_clis_message_and_changes_nothing(app: A
     assert one(engine, select(LabResult).where(LabResult.recorded_by == "nina")) == []
 
 
-@pytest.mark.skipif(not hasattr(service, "move_event"), reason="service.move_event is not in this version")
 def test_a_nurse_moves_a_planned_event(app: Any, engine: Engine) -> None:
     from models import Event
 
     c = signed_in(app, "nina")
     (event,) = one(engine, select(Event).join(Patient).where(Patient.mrn == "MRN-TODAY", Event.kind == "dose",
-                                                             Event.seq == 1))
+                                                             Event.phase == "loading", Event.seq == 1))
     r = post(c, "/patients/MRN-TODAY", "/patients/MRN-TODAY/move", event=str(event.id), to="2026-03-03",
              reason="patient asked")
     assert r.status_code == 303
@@ -443,6 +443,9 @@ def test_a_clinician_sees_the_decisions_and_discharges_with_a_reason(app: Any, e
 
 def test_a_clinician_ends_loading_and_confirms_a_response(app: Any, engine: Engine) -> None:
     c = signed_in(app, "carl")
+    r = post(c, "/patients/MRN-OVERDUE", "/patients/MRN-OVERDUE/end-loading", on="2026-03-02")
+    assert r.status_code == 422 and "end-loading" in r.text  # not before a dose is given
+    assert post(c, "/patients/MRN-OVERDUE", "/patients/MRN-OVERDUE/dose", given_on="2026-03-02").status_code == 303
     assert post(c, "/patients/MRN-OVERDUE", "/patients/MRN-OVERDUE/end-loading", on="2026-03-02").status_code == 303
     r = post(c, "/patients/MRN-TODAY", "/patients/MRN-TODAY/confirm-response", on="2026-03-02")
     assert r.status_code == 422 and "confirm-response applies to cyano only" in r.text
@@ -574,3 +577,50 @@ def test_cobalt_web_with_scheduler_runs_the_same_two_jobs_in_the_background(app:
 def test_cobalt_web_refuses_a_port_out_of_range(clinic: Any) -> None:
     r = clinic.cobalt("web", "--port", "70000")
     assert r.code == 2 and "is not a port number" in r.err
+
+
+def test_a_move_to_a_closed_day_shows_the_clis_message_and_changes_nothing(app: Any, engine: Engine) -> None:
+    from models import Event
+
+    c = signed_in(app, "nina")
+    (event,) = one(engine, select(Event).join(Patient).where(Patient.mrn == "MRN-TODAY", Event.kind == "dose",
+                                                             Event.phase == "loading", Event.seq == 2))
+    r = post(c, "/patients/MRN-TODAY", "/patients/MRN-TODAY/move", event=str(event.id), to="2026-03-07")
+    assert r.status_code == 422 and "is a closed day" in r.text
+    with Session(engine) as s:
+        assert s.get(Event, event.id).due == event.due  # type: ignore[union-attr]
+
+
+def test_a_nurse_edits_a_patients_details(app: Any, engine: Engine) -> None:
+    c = signed_in(app, "nina")
+    html = c.get("/patients/MRN-TODAY/edit").text
+    assert 'value="tom@example.org"' in html and ">Save details</button>" in html
+    r = post(c, "/patients/MRN-TODAY/edit", "/patients/MRN-TODAY/edit", name="Tom Today", email="",
+             phone="020 7946 0999")
+    assert r.status_code == 303
+    (patient,) = one(engine, select(Patient).where(Patient.mrn == "MRN-TODAY"))
+    assert patient.email is None and patient.phone == "020 7946 0999"
+    assert [a.actor for a in one(engine, select(Audit).where(Audit.action == "edit"))] == ["nina"]
+    r = post(c, "/patients/MRN-TODAY/edit", "/patients/MRN-TODAY/edit", name="Tom Today", email="not-mail")
+    assert r.status_code == 422 and "is not an email address" in r.text
+
+
+def test_a_clinician_voids_a_dose_entered_in_error_and_it_shows_as_voided(app: Any, engine: Engine) -> None:
+    from models import Event
+
+    post(signed_in(app, "nina"), "/patients/MRN-TODAY", "/patients/MRN-TODAY/dose")
+    (event,) = one(engine, select(Event).join(Patient).where(Patient.mrn == "MRN-TODAY", Event.status == "done"))
+    c = signed_in(app, "carl")
+    r = post(c, "/patients/MRN-TODAY", "/patients/MRN-TODAY/void", event=str(event.id), reason="")
+    assert r.status_code == 422 and "--reason must not be empty" in r.text
+    r = post(c, "/patients/MRN-TODAY", "/patients/MRN-TODAY/void", event=str(event.id), reason="wrong patient")
+    assert r.status_code == 303
+    (dose,) = one(engine, select(Dose))
+    assert dose.voided_at is not None and dose.voided_by == "carl"
+    voided = c.get("/patients/MRN-TODAY").text.split('id="voided-heading"')[1]
+    assert "wrong patient" in voided and "carl" in voided
+
+
+def test_the_patient_list_shows_the_next_due_and_open_alerts(app: Any) -> None:
+    html = signed_in(app, "nina").get("/patients", params={"q": "tom"}).text
+    assert "Mon 2 Mar 2026" in html and "platelets-critical" in html

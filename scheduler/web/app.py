@@ -80,7 +80,9 @@ class Web:
         return self.clock().astimezone(self.settings.clinic.tz).date()
 
     def context(self, user: User) -> service.Context:
-        return service.Context(self.settings.clinic.calendar(), self.today(), user.name, self.policy)
+        clinic = self.settings.clinic
+        early = service.EarlyWindows(clinic.early_days_loading, clinic.early_days_maintenance)
+        return service.Context(clinic.calendar(), self.today(), user.name, self.policy, early)
 
 
 # -- formatting (dates as people read them, in the clinic's zone) ---------------
@@ -303,10 +305,10 @@ def _routes(app: FastAPI, web: Web) -> None:
     @app.get("/patients", response_class=HTMLResponse)
     def patients(request: Request, q: str | None = None, status: str = "active") -> Response:
         user = current_user(request)
-        if status not in ("active", "discharged", "all"):
+        if status not in service.PATIENT_STATUSES:
             status = "active"
         with transaction() as s:
-            rows = pages.list_patients(s, q or None, status)
+            rows = service.list_patients(s, web.context(user), search=q or None, status=status)
         return page(request, "patients.html", {"user": user, "rows": rows, "q": q or "", "status": status})
 
     def enrol_page(request: Request, values: dict[str, str], error: str | None, status: int = 200) -> Response:
@@ -370,7 +372,7 @@ def _routes(app: FastAPI, web: Web) -> None:
     @app.post("/patients/{mrn}/dose", response_class=HTMLResponse)
     async def record_dose(request: Request, mrn: str) -> Response:
         return await act(request, mrn, Action.GIVE, "dose", lambda s, ctx, f: service.give(
-            s, ctx, mrn, _parse_date(f.get("given_on"), "Date", ctx.today)))
+            s, ctx, mrn, _parse_date(f.get("given_on"), "Date", ctx.today), early=f.get("early") == "on"))
 
     @app.post("/patients/{mrn}/results", response_class=HTMLResponse)
     async def record_results(request: Request, mrn: str) -> Response:
@@ -385,14 +387,11 @@ def _routes(app: FastAPI, web: Web) -> None:
     @app.post("/patients/{mrn}/move", response_class=HTMLResponse)
     async def move(request: Request, mrn: str) -> Response:
         def do(s: Session, ctx: service.Context, f: dict[str, str]) -> object:
-            move_event = getattr(service, "move_event", None)
-            if move_event is None:
-                raise BadInput("moving an event is not available in this version of Cobalt")
             try:
                 event_id = int(f.get("event", ""))
             except ValueError:
                 raise BadInput("Event: choose the event to move") from None
-            return move_event(s, ctx, mrn, event_id, _parse_date(f.get("to"), "Move to"),
+            return service.move_event(s, ctx, mrn, event_id, _parse_date(f.get("to"), "Move to"),
                               f.get("reason", "").strip() or None)
         return await act(request, mrn, Action.MOVE, "move", do)
 
@@ -439,15 +438,39 @@ def _routes(app: FastAPI, web: Web) -> None:
     @app.post("/patients/{mrn}/void", response_class=HTMLResponse)
     async def void(request: Request, mrn: str) -> Response:
         def do(s: Session, ctx: service.Context, f: dict[str, str]) -> object:
-            void_record = getattr(service, "void_record", None)
-            if void_record is None:
-                raise BadInput("voiding a record is not available in this version of Cobalt")
             try:
                 event_id = int(f.get("event", ""))
             except ValueError:
                 raise BadInput("Record: choose the record to void") from None
-            return void_record(s, ctx, mrn, event_id, f.get("reason", ""))
+            return service.void_record(s, ctx, mrn, event_id, f.get("reason", ""))
         return await act(request, mrn, Action.VOID, "void", do)
+
+    def edit_page(request: Request, user: User, mrn: str, values: dict[str, Any] | None,
+                  error: str | None, status: int = 200) -> Response:
+        with transaction() as s:
+            patient = get_patient(s, mrn)
+        if values is None:
+            values = {k: getattr(patient, k) or "" for k in service.EDITABLE}
+        return page(request, "patient_edit.html", {"user": user, "patient": patient, "values": values,
+                                                    "error": error}, status)
+
+    @app.get("/patients/{mrn}/edit", response_class=HTMLResponse)
+    def edit_form(request: Request, mrn: str) -> Response:
+        return edit_page(request, current_user(request), mrn, None, None)
+
+    @app.post("/patients/{mrn}/edit", response_class=HTMLResponse)
+    async def edit(request: Request, mrn: str) -> Response:
+        user, form = await change(request, Action.EDIT)
+        flags = {k: form.get(k) == "on" for k in ("neuro", "renal_impairment", "on_folic_acid")}
+        try:
+            with transaction() as s:
+                service.edit_patient(s, web.context(user), mrn, name=form.get("name", ""),
+                                     email=form.get("email", ""), phone=form.get("phone", ""), **flags)
+        except NotFound:
+            raise
+        except BadInput as exc:
+            return edit_page(request, user, mrn, {**form, **flags}, str(exc), 422)
+        return RedirectResponse(_patient_url(mrn), status_code=303)
 
     # -- the clinic's back office (admin) ------------------------------------------
 
@@ -468,7 +491,7 @@ def _routes(app: FastAPI, web: Web) -> None:
         if not may(user.role, Action.ADMIN_PAGES):
             raise Forbidden("The audit trail is for the clinic's administrator.")
         with transaction() as s:
-            rows = pages.audit_trail(s)
+            rows = pages.audit_trail(s, web.settings.clinic.tz)
         return page(request, "audit.html", {"user": user, "rows": rows})
 
 

@@ -1,55 +1,40 @@
-"""What the pages show, read from the database: the worklist rows and a patient's
-record, shaped for the templates. This module reads; the service changes."""
+"""What the pages show, read through the service's own queries (the worklist,
+the patient list, the audit trail, void records) and shaped for the templates.
+This module reads; the service changes."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta, tzinfo
 from typing import Any
 
-from sqlmodel import Session, col, func, or_, select
+from sqlmodel import Session, col, func, select
 
-from models import Audit, LabResult, Patient, Regimen
+from models import LabResult, Patient
 from scheduler import labs, service
 from scheduler.domain import Kind, Status
 from scheduler.protocols import PROTOCOLS
 from scheduler.safety import open_alerts_by_patient
-from scheduler.store import PatientRecord, sorted_events
+from scheduler.store import PatientRecord, drug_of, regimen_drugs, sorted_events
 from scheduler.technique import band, injection_note
-
-
-def what_is_due(kind: str, key: str, label: str, tests: str, regimens: dict[int, str]) -> str:
-    """``hydroxocobalamin 1 mg IM``, ``Lab tests: cbc, b12``, or the review's label."""
-    if kind == Kind.DOSE.value:
-        number = _regimen_number(key)
-        protocol = PROTOCOLS.get(regimens.get(number, ""))
-        return f"{protocol.drug} {protocol.dose} {protocol.route}" if protocol else f"dose ({label})"
-    if kind == Kind.LAB.value:
-        return "Lab tests: " + (", ".join(tests.split()) or label)
-    return f"Review: {label}"
-
-
-def _regimen_number(key: str) -> int:
-    """``r2:dose:loading:3`` -> 2 (the planner's event keys start with the regimen)."""
-    head = key.split(":", 1)[0]
-    return int(head[1:]) if head[:1] == "r" and head[1:].isdigit() else 1
+from scheduler.worklist import group_overdue, what
 
 
 def latest_platelets(session: Session, patient_ids: list[int]) -> dict[int, tuple[float, date]]:
-    """Each patient's latest platelet count: one query for the whole list."""
+    """Each patient's latest platelet count in force: one query for the whole list."""
     if not patient_ids:
         return {}
+    in_force = (col(LabResult.value).is_not(None), col(LabResult.voided_at).is_(None))
     latest = (
         select(LabResult.patient_id, func.max(LabResult.taken_on).label("on"))
-        .where(LabResult.code == "platelets", col(LabResult.patient_id).in_(patient_ids),
-               col(LabResult.value).is_not(None))
+        .where(LabResult.code == "platelets", col(LabResult.patient_id).in_(patient_ids), *in_force)
         .group_by(col(LabResult.patient_id)).subquery()
     )
     query = (
         select(LabResult)
         .join(latest, (col(LabResult.patient_id) == latest.c.patient_id) & (col(LabResult.taken_on) == latest.c.on))
-        .where(LabResult.code == "platelets", col(LabResult.value).is_not(None))
+        .where(LabResult.code == "platelets", *in_force)
         .order_by(col(LabResult.id))
     )
     found: dict[int, tuple[float, date]] = {}
@@ -69,7 +54,8 @@ class Item:
 
 @dataclass
 class Row:
-    """One line of the worklist: a patient and what is due (several items when overdue)."""
+    """One row of the worklist: a patient and what is due (several items when overdue,
+    or when several things fall on one day)."""
 
     mrn: str
     name: str
@@ -89,50 +75,39 @@ class Worklist:
 
 
 def worklist(session: Session, on: date, days: int) -> Worklist:
-    """The CLI's ``due`` list, split into overdue (grouped per patient), due today and coming up."""
-    until = on + _days(days)
-    rows = service.worklist(session, until)
-    ids = sorted({p.id for _, p in rows if p.id is not None})
-    alerts = open_alerts_by_patient(session, ids)
-    regimens: dict[int, dict[int, str]] = defaultdict(dict)
-    if ids:
-        for r in session.exec(select(Regimen).where(col(Regimen.patient_id).in_(ids))):
-            regimens[r.patient_id][r.number] = r.protocol
-    platelets = latest_platelets(session, ids)
-    # A patient's overdue events make one row; the others one row per patient and day.
-    grouped: dict[tuple[str, int, date | None], Row] = {}
-    for event, patient in rows:
-        pid = patient.id or 0
-        item = Item(event.due, what_is_due(event.kind, event.key, event.label, event.tests, regimens[pid]),
-                    event.because, event.kind)
-        when = "overdue" if event.due < on else "today" if event.due == on else "coming"
-        key = (when, pid, None if when == "overdue" else event.due)
-        row = grouped.get(key)
+    """The CLI's ``due`` list (``service.worklist_items``, overdue events grouped as the
+    CLI groups them), split into overdue (a row per patient), due today and coming up
+    (a row per patient and day)."""
+    until = on + timedelta(days=days)
+    items = service.worklist_items(session, on=on, until=until)
+    patients = {p.mrn: p for p in session.exec(
+        select(Patient).where(col(Patient.mrn).in_(sorted({i["mrn"] for i in items}))))} if items else {}
+    platelets = latest_platelets(session, [p.id for p in patients.values() if p.id is not None])
+    rows: dict[tuple[str, str, str | None], Row] = {}
+    for line in group_overdue(items):
+        due = date.fromisoformat(line["due"])
+        when = "overdue" if line["overdue"] else "today" if due == on else "coming"
+        key = (when, line["mrn"], None if when == "overdue" else line["due"])
+        row = rows.get(key)
         if row is None:
-            row = grouped[key] = Row(patient.mrn, patient.name, alerts=alerts.get(pid, []))
-        row.items.append(item)
-        if event.kind == Kind.DOSE.value:
-            count = platelets.get(pid)
-            row.technique = injection_note(count[0] if count else None, patient.neuro)
+            row = rows[key] = Row(line["mrn"], line["name"], alerts=line["alerts"])
+        why = line["because"] if line["count"] == 1 else "; ".join(
+            dict.fromkeys(e["because"] for e in line["events"]))
+        row.items.append(Item(due, line["what"], why, line["kind"]))
+        if line["kind"] == Kind.DOSE.value:
+            patient = patients.get(line["mrn"])
+            count = platelets.get(patient.id or 0) if patient else None
+            row.technique = injection_note(count[0] if count else None, patient.neuro if patient else None)
             row.technique_band = band(count[0] if count else None).value
-    overdue = [row for (when, _, _), row in grouped.items() if when == "overdue"]
-    today = [row for (when, _, _), row in grouped.items() if when == "today"]
-    coming = [row for (when, _, _), row in grouped.items() if when == "coming"]
-    return Worklist(on, until, overdue, today, coming)
-
-
-def _days(days: int) -> Any:
-    from datetime import timedelta
-
-    return timedelta(days=days)
+    return Worklist(on, until, *([r for (when, _, _), r in rows.items() if when == w]
+                                 for w in ("overdue", "today", "coming")))
 
 
 def lab_tables(record: PatientRecord) -> list[dict[str, Any]]:
-    """Results per code, oldest first, so a nurse sees haemoglobin rising."""
+    """Results in force per code, oldest first, so a nurse sees haemoglobin rising."""
     by_code: dict[str, list[LabResult]] = defaultdict(list)
-    for r in sorted(record.results, key=lambda r: (r.taken_on, r.id or 0)):
-        if not _voided(r):
-            by_code[r.code].append(r)
+    for r in sorted(record.results_in_force, key=lambda r: (r.taken_on, r.id or 0)):
+        by_code[r.code].append(r)
     order = list(labs.CATALOG)
     return [
         {"code": code, "name": labs.CATALOG[code].name if code in labs.CATALOG else code,
@@ -143,79 +118,49 @@ def lab_tables(record: PatientRecord) -> list[dict[str, Any]]:
     ]
 
 
-def _voided(row: Any) -> bool:
-    return bool(getattr(row, "voided_at", None) or getattr(row, "voided", False))
-
-
-def voided_records(record: PatientRecord) -> list[dict[str, Any]]:
-    """Doses and results a clinician voided: kept, shown apart, with the reason."""
-    found: list[dict[str, Any]] = []
-    for d in record.doses:
-        if _voided(d):
-            found.append({"what": "dose", "on": d.given_on, "reason": getattr(d, "void_reason", "") or ""})
-    for r in record.results:
-        if _voided(r):
-            value = f"{r.value:g}" if r.value is not None else (r.text or "")
-            found.append({"what": f"{r.code} {value}", "on": r.taken_on,
-                          "reason": getattr(r, "void_reason", "") or ""})
-    return sorted(found, key=lambda f: f["on"])
-
-
 def patient_page(session: Session, record: PatientRecord) -> dict[str, Any]:
     patient = record.patient
+    pid = patient.id or 0
     regimens = sorted(record.regimens, key=lambda r: r.number)
-    by_number = {r.number: r.protocol for r in regimens}
+    drugs = regimen_drugs(session, [pid])
     events = sorted_events(record.events)
-    count = latest_platelets(session, [patient.id or 0]).get(patient.id or 0)
+    count = latest_platelets(session, [pid]).get(pid)
+
+    def says(e: Any) -> str:
+        drug, amount = drug_of(e, drugs)
+        return what({"kind": e.kind, "label": e.label, "seq": e.seq, "drug": drug, "amount": amount,
+                     "tests": e.tests.split()})
+
     return {
         "patient": patient,
         "regimen": regimens[-1],
         "first_start": regimens[0].start,
         "protocol": PROTOCOLS.get(regimens[-1].protocol),
-        "alerts": open_alerts_by_patient(session, [patient.id or 0]).get(patient.id or 0, []),
-        "events": [{"event": e, "what": what_is_due(e.kind, e.key, e.label, e.tests, by_number)}
-                   for e in events],
+        "alerts": open_alerts_by_patient(session, [pid]).get(pid, []),
+        "events": [{"event": e, "what": says(e)} for e in events],
         "movable": [e for e in events if e.status == Status.PLANNED.value],
+        "voidable": [e for e in events if e.status == Status.DONE.value],
         "lab_orders": sorted({e.label for e in events if e.kind == Kind.LAB.value
                               and e.status == Status.PLANNED.value}),
         "labs": lab_tables(record),
-        "voided": voided_records(record),
+        "voided": service.voided_json(record),
         "technique": injection_note(count[0] if count else None, patient.neuro),
         "technique_band": band(count[0] if count else None).value,
         "platelets_on": count[1] if count else None,
     }
 
 
-def list_patients(session: Session, search: str | None, status: str = "active") -> list[dict[str, Any]]:
-    """Patients by MRN or name: the service's own list when it has one."""
-    listing = getattr(service, "list_patients", None)
-    if listing is not None:
-        return list(listing(session, None, search=search, status=status))
-    query = select(Patient).order_by(col(Patient.name), col(Patient.mrn)).limit(500)
-    if status != "all":
-        query = query.where(Patient.status == status)
-    if search:
-        pattern = f"%{search.strip().lower()}%"
-        query = query.where(or_(func.lower(Patient.mrn).like(pattern), func.lower(Patient.name).like(pattern)))
-    patients = list(session.exec(query))
-    ids = [p.id for p in patients if p.id is not None]
-    alerts = open_alerts_by_patient(session, ids)
-    protocols: dict[int, str] = {}
-    if ids:
-        for r in session.exec(select(Regimen).where(col(Regimen.patient_id).in_(ids)).order_by(col(Regimen.number))):
-            protocols[r.patient_id] = r.protocol
-    return [{"mrn": p.mrn, "name": p.name, "protocol": protocols.get(p.id or 0, ""), "status": p.status,
-             "next_due": None, "open_alerts": len(alerts.get(p.id or 0, []))} for p in patients]
+def audit_trail(session: Session, tz: tzinfo, limit: int = 500) -> list[dict[str, Any]]:
+    """The latest changes, newest first, with their details as ``key: value`` text."""
+    rows = service.audit_trail(session, tz=tz)[:limit]
+    for row in rows:
+        row["text"] = "; ".join(f"{k}: {_plain(v)}" for k, v in row["details"].items())
+    return rows
 
 
-def audit_trail(session: Session, limit: int = 500) -> list[dict[str, Any]]:
-    """The latest changes, newest first: the service's own trail when it has one."""
-    trail = getattr(service, "audit_trail", None)
-    if trail is not None:
-        return list(trail(session))[-limit:][::-1]
-    query = (
-        select(Audit, Patient.mrn).join(Patient, col(Patient.id) == col(Audit.patient_id), isouter=True)
-        .order_by(col(Audit.id).desc()).limit(limit)
-    )
-    return [{"at": a.at, "actor": a.actor, "action": a.action, "mrn": mrn, "detail": a.detail}
-            for a, mrn in session.exec(query)]
+def _plain(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_plain(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(_plain(v) for v in value)
+    return "" if value is None else str(value)
