@@ -9,6 +9,7 @@ the form's one-line message (status 422) and the transaction rolls back.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -146,8 +147,6 @@ def create_app(settings: Settings, engine: Engine | None = None, *,
     if engine is None:
         engine = db.make_engine(settings.database_url)
     db.ensure_schema(engine)
-    import os
-
     secret = load_secret(os.environ.get("COBALT_WEB_SECRET_KEY", ""), settings.base_dir)
     templates = Jinja2Templates(env=_environment(settings))
     web = Web(settings, engine, SessionCodec(secret), templates, AlertPolicy.from_mapping(settings.alerts),
