@@ -23,8 +23,8 @@ Corrections (SPEC section 7):
 
 - A voided record (a dose, a decision, lab results entered in error) is not
   history: the plan is made as if it had never been recorded. The doses given
-  fill a regimen's dose slots in the order they were given, so voiding a dose
-  in the middle leaves no gap.
+  fill a regimen's dose slots of their phase (loading or maintenance) in the
+  order they were given, so voiding a dose in the middle leaves no gap.
 - A moved event (``History.moves``) is due on the day it was moved to; the
   doses after it count from that day. A dose given wins over its move.
 """
@@ -194,9 +194,14 @@ class _RegimenPlanner:
         self.seq = 0
         self.previous: _Anchor | None = None
         self.held = False
-        # The regimen's doses given, in the order given: each fills the next dose slot.
-        self.given = sorted(d.given_on for d in self.history.doses if d.key.startswith(f"{self.prefix}:"))
-        self.unfilled = list(self.given)
+        # The regimen's doses given, in the order given: each fills the next dose slot
+        # of its phase (loading or maintenance, as recorded when it was given).
+        mine = [d for d in self.history.doses if d.key.startswith(f"{self.prefix}:")]
+        self.given = sorted(d.given_on for d in mine)
+        self.unfilled = {
+            phase: sorted(d.given_on for d in mine if d.key.startswith(f"{self.prefix}:dose:{phase.value}:"))
+            for phase in (Phase.LOADING, Phase.MAINTENANCE)
+        }
 
     def decided(self, kind: DecisionKind) -> date | None:
         dates = [d.on for d in self.decisions if d.kind == kind]
@@ -225,7 +230,8 @@ class _RegimenPlanner:
              name: str) -> PlannedEvent:
         key = f"{self.prefix}:dose:{phase.value}:{seq}"
         due, because = _shifted(self.calendar, raw, because)
-        given_on = self.unfilled.pop(0) if self.unfilled else None
+        unfilled = self.unfilled[phase]
+        given_on = unfilled.pop(0) if unfilled else None
         if given_on is None:
             due, because = _moved(self.calendar, self.history, key, due, because)
         status = Status.DONE if given_on is not None else Status.HELD if self.held else Status.PLANNED

@@ -842,3 +842,20 @@ def test_a_moved_review_is_due_on_its_new_day() -> None:
     history = History(moves={review.key: D("2026-03-18")})
     (moved,) = reviews(plan(enrolled, history, EVERY_DAY, D(HYDROXO_START)), "neuro-review")
     assert (moved.key, moved.due, moved.status) == (review.key, D("2026-03-18"), Status.PLANNED)
+
+
+def test_a_voided_loading_dose_leaves_the_maintenance_doses_given_where_they_were() -> None:
+    enrolled = enrolment("hydroxo-neuro", HYDROXO_START)
+    history = History(
+        doses=(GivenDose("r1:dose:loading:1", D("2026-03-02")),
+               GivenDose("r1:dose:loading:2", D("2026-03-04"), voided=True),
+               GivenDose("r1:dose:loading:3", D("2026-03-06")),
+               GivenDose("r1:dose:maintenance:1", D("2026-05-06"))),
+        decisions=decided((DecisionKind.END_LOADING, "2026-03-06")),
+    )
+    events = plan(enrolled, history, EVERY_DAY, D("2026-05-06"))
+    loading = [e for e in doses(events, Phase.LOADING) if e.status == Status.DONE]
+    assert [e.done_on.isoformat() for e in loading if e.done_on] == ["2026-03-02", "2026-03-06"]
+    maintenance = doses(events, Phase.MAINTENANCE)
+    assert (maintenance[0].status, maintenance[0].done_on) == (Status.DONE, D("2026-05-06"))
+    assert maintenance[1].due == D("2026-07-06")
