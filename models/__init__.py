@@ -245,3 +245,4 @@ class PassMark(SQLModel, table=True):
 
 
 from models.alert import Alert  # noqa: E402,F401
+from models.user import User  # noqa: E402,F401

@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 
 # Modules that add commands of their own: each has ``register(add)``, where ``add``
 # is build_parser's helper below, and imports only the standard library at its top.
-FEATURES: tuple[str, ...] = ("scheduler.cli_corrections", "scheduler.cli_truthful", "scheduler.cli_io")
+FEATURES: tuple[str, ...] = (
+    "scheduler.cli_corrections", "scheduler.cli_truthful", "scheduler.cli_io", "scheduler.cli_web",
+)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -16,6 +16,7 @@ import traceback
 from datetime import UTC, datetime
 from types import FrameType
 
+from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -53,9 +54,11 @@ def _log_failure(what: str, exc: Exception) -> None:
     log.error("%s failed: %s; the next one will try again\n%s", what, describe_error(exc), where)
 
 
-def build_scheduler(engine: Engine, settings: Settings) -> BlockingScheduler:
+def build_scheduler(engine: Engine, settings: Settings,
+                    kind: type[BaseScheduler] = BlockingScheduler) -> BaseScheduler:
+    """The two jobs on a scheduler of ``kind`` (a background one for ``cobalt web --with-scheduler``)."""
     tz = settings.clinic.tz
-    scheduler = BlockingScheduler(timezone=tz)
+    scheduler = kind(timezone=tz)
     # A late pass still runs (generous grace), missed runs collapse into one, and
     # a slow pass never overlaps itself within a process.
     job = {"coalesce": True, "max_instances": 1,
