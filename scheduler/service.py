@@ -353,8 +353,11 @@ def choose_order(events: Sequence[Any], mrn: str, on: date, order: str | None,
     due date is nearest (the earlier on a tie); (None, no codes) when none asks."""
     open_orders = [e for e in events if e.kind == "lab" and e.status == Status.PLANNED]
 
+    def tests_of(e: Any) -> list[str]:  # a row's "b12 cbc", or the planner's ("b12", "cbc")
+        return e.tests.split() if isinstance(e.tests, str) else list(e.tests)
+
     def asks(e: Any) -> set[str]:
-        return set(labs.asked_codes(e.tests.split())) & set(codes)
+        return set(labs.asked_codes(tests_of(e))) & set(codes)
 
     if order is not None:
         named = [e for e in open_orders if e.label == order]
@@ -367,7 +370,7 @@ def choose_order(events: Sequence[Any], mrn: str, on: date, order: str | None,
         candidates = [e for e in named if asks(e)]
         if not candidates:
             raise BadInput(
-                f"lab order {order} asks for {', '.join(named[0].tests.split())}, "
+                f"lab order {order} asks for {', '.join(tests_of(named[0]))}, "
                 f"not for {', '.join(codes)}: record these without --order"
             )
     else:
