@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 
+from models import metadata
 from scheduler import db
 
 PG_SERVER = os.environ.get("COBALT_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
@@ -129,6 +130,19 @@ port = {smtp_port}
 sender = "clinic@clinic.example"
 outbox_dir = "outbox"
 """
+
+
+def database_rows(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table: what "nothing changed" is checked against."""
+    engine = db.make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return {
+                table.name: sorted((tuple(row) for row in conn.execute(select(table))), key=repr)
+                for table in metadata.sorted_tables
+            }
+    finally:
+        engine.dispose()
 
 
 @dataclass

@@ -17,12 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DEFAULT_TOML, drop_postgres_database, new_postgres_database
+from conftest import DEFAULT_TOML, database_rows, drop_postgres_database, new_postgres_database
 from freezegun import freeze_time
-from sqlalchemy import select
-
-from models import metadata
-from scheduler import db
 
 NOW = "2026-03-20 10:00:00"
 LONG_MRN = "x" * 65
@@ -265,18 +261,6 @@ def populated(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     yield Populated(workdir, url)
     if server is not None:
         drop_postgres_database(server, url.rsplit("/", 1)[1])
-
-
-def database_rows(url: str) -> dict[str, list[tuple[Any, ...]]]:
-    engine = db.make_engine(url)
-    try:
-        with engine.connect() as conn:
-            return {
-                table.name: sorted((tuple(row) for row in conn.execute(select(table))), key=repr)
-                for table in metadata.sorted_tables
-            }
-    finally:
-        engine.dispose()
 
 
 @pytest.mark.parametrize(("what", "args", "words"), CASES, ids=[c[0] for c in CASES])

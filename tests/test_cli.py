@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import COBALT, Clinic, Result
+from conftest import COBALT, Clinic, Result, database_rows
 from freezegun import freeze_time
 from sqlalchemy import select
 
@@ -76,19 +76,6 @@ def dues(events: list[dict[str, Any]]) -> list[str]:
 
 def enroll(clinic: Clinic, mrn: str, *extra: str, start: str = "2026-03-02") -> None:
     ok(clinic, "enroll", "--mrn", mrn, "--name", f"Patient {mrn}", "--start", start, *extra)
-
-
-def database_rows(url: str) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table: what "nothing changed" is checked against."""
-    engine = db.make_engine(url)
-    try:
-        with engine.connect() as conn:
-            return {
-                table.name: sorted((tuple(row) for row in conn.execute(select(table))), key=repr)
-                for table in metadata.sorted_tables
-            }
-    finally:
-        engine.dispose()
 
 
 # -- enrol -------------------------------------------------------------------------------
