@@ -463,7 +463,29 @@ def cmd_ack(app: App) -> None:
 # -- the parser --------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Unused:
+    """Stands in for the parser of a command that is not being run: the arguments
+    given to it are dropped, so `cobalt --help` and a command start without building
+    every other command's options (SPEC section 6: a nurse runs many short commands)."""
+
+    def __getattr__(self, name: str) -> Callable[..., _Unused]:
+        return lambda *args, **kwargs: self
+
+
+def command_of(argv: Sequence[str]) -> str:
+    """The command named in ``argv`` (after the global options), or "" for none."""
+    args = iter(argv)
+    for arg in args:
+        if arg == "--by":
+            next(args, None)
+        elif not arg.startswith("-"):
+            return arg
+    return ""
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``only``, every command is listed but only that
+    one gets its options (the others are never parsed in this process)."""
     parser = _Parser(prog="cobalt", description="Lifelong B12 treatment schedules and reminders.")
     parser.add_argument("--version", action="version", version=f"cobalt {__version__}")
     parser.add_argument("--by", help="who is acting, for the audit trail (default: the OS user)")
@@ -473,6 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
             mrn: bool = False, on: bool = False) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(fn=fn)
+        if only is not None and name != only:
+            return _Unused()  # type: ignore[return-value]
         p.add_argument("--by", default=argparse.SUPPRESS, help="who is acting (audit trail)")
         if mrn:
             p.add_argument("mrn", help="the patient's medical record number")
@@ -545,7 +569,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     app: App | None = None
     # Commands speak through their output and one error line; the log is for `cobalt run`.
     try:
-        args = build_parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        args = build_parser(only=command_of(argv)).parse_args(argv)
         import logging
 
         for name in ("cobalt", "scheduler"):
