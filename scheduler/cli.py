@@ -7,6 +7,8 @@ line on stderr: exit status 2 for bad input (nothing was changed), 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import functools
+import gettext
 import importlib
 import os
 import re
@@ -34,7 +36,26 @@ FEATURES: tuple[str, ...] = (
 )
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, measuring the terminal without importing shutil (and,
+    through it, the compression libraries) on every start."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        if width is None:
+            try:
+                width = int(os.environ.get("COLUMNS", "")) or os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+            except (ValueError, OSError, AttributeError):
+                width = 80
+            width -= 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         raise BadInput(message)
 
@@ -461,6 +482,12 @@ def cmd_ack(app: App) -> None:
 
 
 # -- the parser --------------------------------------------------------------------
+
+
+# argparse translates every label of every parser through gettext, which searches
+# the locale folders on each call (about a third of `cobalt --help`'s time): the
+# answer cannot change within one process, so ask once per text.
+argparse._ = functools.cache(gettext.gettext)  # type: ignore[attr-defined]
 
 
 class _Unused:

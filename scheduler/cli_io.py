@@ -9,16 +9,23 @@ import argparse
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from scheduler.errors import BadInput
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from scheduler.cli import App
 
 IMPORT_KINDS = ("patients", "doses", "labs")
 CSV_EXPORTS = ("worklist", "patients", "events")
+
+
+def _path(text: str) -> Path:
+    from pathlib import Path
+
+    return Path(text)
 
 
 def register(add: Callable[..., argparse.ArgumentParser]) -> None:
@@ -26,7 +33,7 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
 
     p = add("import", cmd_import, "bring patients, doses given or lab results in from a CSV file", json_flag=True)
     p.add_argument("kind", choices=IMPORT_KINDS, help="what the file holds")
-    p.add_argument("file", type=Path, help="the CSV file (UTF-8, a header row)")
+    p.add_argument("file", type=_path, help="the CSV file (UTF-8, a header row)")
     p.add_argument("--dry-run", action="store_true", help="check and plan everything, write nothing")
 
     p = add("export", cmd_export, "a patient's schedule as iCalendar or FHIR, or rows as CSV", json_flag=False)
@@ -35,12 +42,12 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
                        ("fhir", "a FHIR R4 Bundle (collection) of the patient's treatment")):
         f = formats.add_parser(name, help=what, description=what)
         f.add_argument("mrn", help="the patient's medical record number")
-        f.add_argument("-o", "--output", type=Path, help="write to this file (default: stdout)")
+        f.add_argument("-o", "--output", type=_path, help="write to this file (default: stdout)")
     f = formats.add_parser("csv", help="worklist, patients or events as CSV with a header row")
     f.add_argument("what", choices=CSV_EXPORTS)
     f.add_argument("--on", type=_date, help="the date (YYYY-MM-DD; default today)")
     f.add_argument("--days", type=int, help="also what is due within N days after")
-    f.add_argument("-o", "--output", type=Path, help="write to this file (default: stdout)")
+    f.add_argument("-o", "--output", type=_path, help="write to this file (default: stdout)")
 
 
 class _Bar:
