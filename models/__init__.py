@@ -191,7 +191,7 @@ class Outbox(SQLModel, table=True):
         UniqueConstraint("dedupe_key"),
         Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
         Index("ix_outbox_event_id_kind", "event_id", "kind"),
-        Index("ix_outbox_kind_event_due", "kind", "event_due"),  # what patients were told, by date
+        Index("ix_outbox_kind_event_due_event_id", "kind", "event_due", "event_id"),  # what patients were told
         Index("ix_outbox_status_reported", "status", "reported"),  # the digest's failed and not sent
     )
     id: int | None = Field(default=None, primary_key=True)

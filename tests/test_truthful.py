@@ -424,3 +424,30 @@ def test_the_day_a_reminder_falls_due(kind: str, due: str, known_at: str | None,
     stamp = datetime.fromisoformat(known_at).replace(tzinfo=UTC) if known_at else None
     expected = date.fromisoformat(day) if day else None
     assert clock.reminder_day(kind, date.fromisoformat(due), stamp) == expected
+
+
+def test_a_blood_test_that_moves_after_its_reminder_is_told_once(clinic_with_mail, smtp):
+    clinic = clinic_with_mail
+    enrol(clinic)
+    tick(clinic, "2026-03-02T08:00")  # "blood test on Monday 9 March" (7 days after the first dose)
+    assert len(about(of_kind(smtp, "lab-reminder"), "Monday 9 March 2026")) == 1
+    run(clinic, "2026-03-03T09:00", "give", "P1")  # the first dose comes a day late
+    tick(clinic, "2026-03-03T12:00")
+    assert of_kind(smtp, "changed") == []
+    tick(clinic, "2026-03-04T08:00")
+    tick(clinic, "2026-03-05T08:00")
+
+    [changed] = of_kind(smtp, "changed")
+    subject = changed.message["Subject"].strip()
+    assert subject == "Your blood test at Riverside clinic has moved to Tuesday 10 March 2026"
+    assert "Was: Monday 9 March 2026 (no longer)" in text_of(changed)
+
+
+def test_nothing_is_told_about_a_date_that_has_passed(clinic_with_mail, smtp):
+    clinic = clinic_with_mail
+    enrol(clinic)
+    run(clinic, "2026-03-02T09:00", "give", "P1")
+    tick(clinic, "2026-03-03T08:00")  # "Wednesday 4 March"; she does not come
+    run(clinic, "2026-03-05T09:00", "give", "P1")  # a day late: the later doses move, Wednesday has passed
+    tick(clinic, "2026-03-06T08:00")
+    assert about(of_kind(smtp, "changed"), "Wednesday 4 March") == []

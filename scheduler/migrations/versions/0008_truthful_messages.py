@@ -29,13 +29,13 @@ def upgrade() -> None:
         sa.Column('at', models.types.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint('name', name=op.f('pk_pass_mark')),
     )
-    op.create_index('ix_outbox_kind_event_due', 'outbox', ['kind', 'event_due'])
+    op.create_index('ix_outbox_kind_event_due_event_id', 'outbox', ['kind', 'event_due', 'event_id'])
     op.create_index('ix_outbox_status_reported', 'outbox', ['status', 'reported'])
 
 
 def downgrade() -> None:
     op.drop_index('ix_outbox_status_reported', table_name='outbox')
-    op.drop_index('ix_outbox_kind_event_due', table_name='outbox')
+    op.drop_index('ix_outbox_kind_event_due_event_id', table_name='outbox')
     op.drop_table('pass_mark')
     # A plain DROP COLUMN: a batch copy of `patient` would trip the foreign keys to it.
     op.drop_column('patient', 'loading_reminders')
