@@ -462,7 +462,7 @@ def label(statement: str) -> str:
     if s.startswith("SELECT"):
         if "planned_through <" in s:
             return ROLL_FORWARD_PICK
-        if "FROM patient JOIN event" in s:
+        if "FROM patient JOIN event" in s or "FROM patient WHERE patient.id IN (SELECT event.patient_id" in s:
             return "alert check: response gates due (due_for_alert_check)"
         if "FROM event JOIN patient" in s:
             if "outbox" not in s:
