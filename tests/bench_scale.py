@@ -345,7 +345,16 @@ class Meter:
 
 
 def _peak_rss() -> int:
-    """KiB (Linux ru_maxrss)."""
+    """KiB: this process's peak RSS. ``VmHWM`` on Linux, which starts afresh at exec;
+    ``ru_maxrss`` keeps the parent's peak at the fork, so a step would report the
+    parent's memory (the templates enrolled in it) instead of its own."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
