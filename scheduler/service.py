@@ -354,7 +354,8 @@ def choose_order(events: Sequence[Any], mrn: str, on: date, order: str | None,
     open_orders = [e for e in events if e.kind == "lab" and e.status == Status.PLANNED]
 
     def asks(e: Any) -> set[str]:
-        return set(labs.asked_codes(e.tests.split())) & set(codes)
+        tests = e.tests.split() if isinstance(e.tests, str) else e.tests  # a row, or a planned event
+        return set(labs.asked_codes(tests)) & set(codes)
 
     if order is not None:
         named = [e for e in open_orders if e.label == order]

@@ -131,7 +131,7 @@ def one_by_one(clinic: Clinic, n: int, prefix: str) -> None:
                 )
         for mrn, on in sorted(doses):
             with db.transaction(engine) as session:
-                service.give(session, ctx, mrn, on)
+                service.give(session, ctx, mrn, on, early=True)  # history, as the import records it
         key = lambda r: (r[0], r[1], r[4])  # noqa: E731  (patient, day, order)
         for (mrn, on, order), group in itertools.groupby(sorted(results, key=key), key=key):
             with db.transaction(engine) as session:

@@ -563,7 +563,7 @@ def test_cobalt_user_refuses_a_name_taken(clinic: Any, monkeypatch: pytest.Monke
     assert r.code == 2 and "already exists" in r.err
 
 
-def test_cobalt_web_with_scheduler_runs_the_same_two_jobs_in_the_background(app: Any, engine: Engine) -> None:
+def test_cobalt_web_with_scheduler_runs_the_jobs_of_cobalt_run_in_the_background(app: Any, engine: Engine) -> None:
     from apscheduler.schedulers.background import BackgroundScheduler
 
     from scheduler.config import Settings
@@ -571,7 +571,7 @@ def test_cobalt_web_with_scheduler_runs_the_same_two_jobs_in_the_background(app:
 
     scheduler = build_scheduler(engine, Settings(), BackgroundScheduler)
     assert isinstance(scheduler, BackgroundScheduler)
-    assert sorted(job.id for job in scheduler.get_jobs()) == ["digest", "pass"]
+    assert sorted(job.id for job in scheduler.get_jobs()) == ["delivery", "digest", "pass"]
 
 
 def test_cobalt_web_refuses_a_port_out_of_range(clinic: Any) -> None:
