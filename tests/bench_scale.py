@@ -345,7 +345,16 @@ class Meter:
 
 
 def _peak_rss() -> int:
-    """KiB (Linux ru_maxrss)."""
+    """KiB: this process's peak RSS. ``VmHWM`` on Linux, which starts afresh at exec;
+    ``ru_maxrss`` keeps the parent's peak at the fork, so a step would report the
+    parent's memory (the templates enrolled in it) instead of its own."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
@@ -462,7 +471,7 @@ def label(statement: str) -> str:
     if s.startswith("SELECT"):
         if "planned_through <" in s:
             return ROLL_FORWARD_PICK
-        if "FROM patient JOIN event" in s:
+        if "FROM patient JOIN event" in s or "FROM patient WHERE patient.id IN (SELECT event.patient_id" in s:
             return "alert check: response gates due (due_for_alert_check)"
         if "FROM event JOIN patient" in s:
             if "outbox" not in s:
@@ -585,9 +594,13 @@ STEPS: dict[str, Callable[[Engine, Settings, datetime, Meter], dict[str, Any]]] 
 }
 
 
-def run_step(name: str, url: str, workdir: Path, now: datetime, trace: bool) -> dict[str, Any]:
+def run_step(name: str, url: str, workdir: Path, now: datetime, trace: bool,
+             smtp_port: int | None = None) -> dict[str, Any]:
     """Runs in the child: set up, then measure only the step."""
     settings = bench_settings(url, workdir)
+    if smtp_port:
+        settings = settings.model_copy(update={"smtp": settings.smtp.model_copy(
+            update={"host": "127.0.0.1", "port": smtp_port})})
     engine = db.make_engine(url)
     db.ensure_schema(engine)
     meter = Meter(trace)
@@ -597,13 +610,232 @@ def run_step(name: str, url: str, workdir: Path, now: datetime, trace: bool) -> 
         engine.dispose()
 
 
-def in_child(step: str, url: str, workdir: Path, now: datetime, trace: bool) -> dict[str, Any]:
+def in_child(step: str, url: str, workdir: Path, now: datetime, trace: bool,
+             extra: list[str] | None = None) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--step", step, "--url", url, "--workdir", str(workdir),
-           "--now", now.isoformat()] + (["--tracemalloc"] if trace else [])
+           "--now", now.isoformat()] + (["--tracemalloc"] if trace else []) + (extra or [])
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"step {step} failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# -- --quick: the ratios of issue 14 at N and 10N, one run ---------------------------
+
+QUICK_N = 20_000
+IMPORT_PATIENTS = 10_000  # patients in the CSV given to `cobalt import patients`
+EMPTY_PASSES = 5  # empty passes run in a row; the median is reported
+
+
+def write_import_csv(path: Path, patients: int, today: date, seed: int) -> None:
+    """New patients as a clinic brings them in: the protocol mix of the templates, starts over
+    the last 60 days, most with an e-mail address."""
+    rng = random.Random(seed)
+    with path.open("w", encoding="utf-8") as f:
+        f.write("mrn,name,email,protocol,start,neuro,maintenance_months\n")
+        for n in range(1, patients + 1):
+            roll = rng.random()
+            protocol, months = ("hydroxo", 3)
+            if roll < 0.15:
+                protocol, months = "hydroxo-neuro", 2
+            elif roll < 0.25:
+                protocol, months = "cyano", 1
+            elif roll < 0.40:
+                protocol, months = "hydroxo", 2
+            start = today - timedelta(days=rng.randrange(0, 60))
+            email = "" if rng.random() < 0.08 else f"i{n}@patient.example"
+            neuro = "true" if protocol == "hydroxo-neuro" else "false"
+            f.write(f"I{n:07d},Imported Patient {n},{email},{protocol},{start},{neuro},{months}\n")
+
+
+def measure_import(workdir: Path, patients: int, seed: int) -> dict[str, Any]:
+    """``cobalt import patients`` run as the real command (its own process) on a generated CSV
+    into a fresh, migrated SQLite database; then the same event rows by plain executemany into a
+    fresh copy of the schema (migrated, with its indexes), in one transaction."""
+    folder = workdir / "import"
+    folder.mkdir()
+    url = f"sqlite:///{folder / 'import.db'}"
+    (folder / "cobalt.toml").write_text(f'database_url = "{url}"\n', encoding="utf-8")
+    cobalt = str(Path(sys.executable).with_name("cobalt"))
+    subprocess.run([cobalt, "db", "upgrade"], cwd=folder, check=True, capture_output=True)
+    csv_path = folder / "patients.csv"
+    write_import_csv(csv_path, patients, date.today(), seed)
+    started = time.perf_counter()
+    proc = subprocess.run([cobalt, "import", "patients", str(csv_path), "--json"], cwd=folder,
+                          capture_output=True, text=True, check=False)
+    import_seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"cobalt import failed:\n{proc.stderr}")
+    import_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    source = db.make_engine(url)
+    with source.connect() as conn:
+        event_rows = [tuple(r) for r in conn.exec_driver_sql("SELECT * FROM event").all()]
+        event_cols = list(conn.exec_driver_sql("SELECT * FROM event LIMIT 0").keys())
+        patient_rows = [tuple(r) for r in conn.exec_driver_sql("SELECT * FROM patient").all()]
+        patient_cols = list(conn.exec_driver_sql("SELECT * FROM patient LIMIT 0").keys())
+    source.dispose()
+    raw_url = f"sqlite:///{folder / 'raw.db'}"
+    raw = db.make_engine(raw_url)
+    db.upgrade(raw)
+
+    def insert_sql(table: str, cols: list[str]) -> str:
+        return (f"INSERT INTO {table} ({', '.join(cols)}) "
+                f"VALUES ({', '.join('?' for _ in cols)})")
+
+    dbapi = raw.raw_connection()
+    try:
+        cursor = dbapi.cursor()  # the connection is in autocommit: BEGIN ... COMMIT by hand
+        cursor.execute("BEGIN")
+        cursor.executemany(insert_sql("patient", patient_cols), patient_rows)  # not timed
+        cursor.execute("COMMIT")
+        started = time.perf_counter()
+        cursor.execute("BEGIN")
+        cursor.executemany(insert_sql("event", event_cols), event_rows)
+        cursor.execute("COMMIT")
+        raw_seconds = time.perf_counter() - started
+    finally:
+        dbapi.close()
+        raw.dispose()
+    return {"patients": patients, "event_rows": len(event_rows), "import_seconds": import_seconds,
+            "raw_seconds": raw_seconds, "import_rows_per_s": len(event_rows) / import_seconds,
+            "raw_insert_rows_per_s": len(event_rows) / raw_seconds, "import_peak_rss_mb": import_rss,
+            "summary": json.loads(proc.stdout)}
+
+
+def step_quick_pass(engine: Engine, settings: Settings, now: datetime, meter: Meter) -> dict[str, Any]:
+    """The first pass at ``now`` (queueing timed, delivery timed through SMTP when a server is
+    set, else the queued rows are marked sent by one UPDATE), then EMPTY_PASSES passes with
+    nothing to do, as ``run_pass`` makes them; their statements are timed and explained."""
+    from scheduler.passes import run_pass
+
+    with meter.part("roll-forward"):
+        replanned = roll_forward(engine, settings, now)
+    with meter.part("queue"):
+        queued = queue_due_messages(engine, settings, now)
+    sent = 0
+    if settings.smtp.host:
+        with meter.part("deliver"):
+            delivery = deliver(engine, settings, now)
+        sent = delivery.sent
+    else:
+        with meter.part("mark sent"), engine.begin() as conn:
+            sent = conn.execute(text("UPDATE outbox SET status = 'sent', sent_at = :now, "
+                                     "claimed_until = NULL, claimed_by = NULL WHERE status = 'queued'"),
+                                {"now": now}).rowcount
+    empty: list[float] = []
+    reports = []
+    for _ in range(EMPTY_PASSES - 1):
+        started = time.perf_counter()
+        reports.append(run_pass(engine, settings, now))
+        empty.append(time.perf_counter() - started)
+    with timed_statements(engine) as statements, captured(engine) as selects:
+        started = time.perf_counter()
+        reports.append(run_pass(engine, settings, now))
+        empty.append(time.perf_counter() - started)
+    plans: dict[str, str] = {}
+    for statement, parameters in selects:
+        what = label(statement)
+        if what not in plans:
+            plans[what] = " ".join(statement.split())[:300] + "\n" + explain(engine, statement, parameters)
+    busy = [str(r) for r in reports if r.replanned or r.queued or r.sent or r.skipped or r.failed]
+    return meter.result(replanned=replanned, queued=queued, sent=sent,
+                        empty_pass_ms=sorted(empty)[len(empty) // 2] * 1000,
+                        empty_pass_all_ms=[t * 1000 for t in empty], empty_pass_did=busy,
+                        statements=statements, plans=plans)
+
+
+STEPS["quickpass"] = step_quick_pass
+
+
+def quick(args: argparse.Namespace, now: datetime) -> int:
+    """--quick: SQLite at N and 10N (one template set, replicated twice), the import and the raw
+    insert, the first pass's queueing and SMTP delivery at N, the empty pass at N and 10N."""
+    from smtp_sink import SmtpSink
+
+    n = args.patients
+    workdir = Path(tempfile.mkdtemp(prefix="cobalt-bench-quick-"))
+    results: dict[str, Any] = {"backend": "sqlite", "patients": n, "patients_10x": 10 * n,
+                               "now": now.isoformat(), "machine": machine()}
+    try:
+        log(f"importing {args.import_patients} patients with `cobalt import patients`")
+        imp = measure_import(workdir, args.import_patients, args.seed)
+        results["import"] = imp
+        log(f"  {imp['event_rows']:,} event rows: import {imp['import_seconds']:.1f} s, "
+            f"raw executemany {imp['raw_seconds']:.2f} s")
+        templates_db = workdir / "templates.db"
+        settings = bench_settings(f"sqlite:///{templates_db}", workdir)
+        engine = db.make_engine(f"sqlite:///{templates_db}")
+        db.upgrade(engine)
+        started = time.perf_counter()
+        actions = enrol_templates(engine, settings, local_today(settings, now), args.templates, args.seed)
+        engine.dispose()
+        log(f"enrolled {args.templates} templates ({actions} actions) in {time.perf_counter() - started:.0f} s")
+        sink = SmtpSink().start()
+        try:
+            for key, patients in (("at_n", n), ("at_10n", 10 * n)):
+                path = workdir / f"{key}.db"
+                shutil.copyfile(templates_db, path)
+                url = f"sqlite:///{path}"
+                engine = db.make_engine(url)
+                started = time.perf_counter()
+                replicate(engine, args.templates, patients)
+                spread_planned_through(engine, local_today(settings, now))
+                with engine.begin() as conn:
+                    conn.exec_driver_sql("ANALYZE")
+                counts = table_counts(engine)
+                engine.dispose()
+                log(f"replicated to {patients:,} patients in {time.perf_counter() - started:.0f} s")
+                smtp = ["--smtp-port", str(sink.port)] if key == "at_n" else []
+                results[key] = in_child("quickpass", url, workdir, now, False, smtp)
+                results[key]["rows"] = counts
+                r = results[key]
+                log(f"  pass: queued {r['queued']:,}, sent {r['sent']:,}; empty pass "
+                    f"{r['empty_pass_ms']:.0f} ms (runs: {', '.join(f'{t:.0f}' for t in r['empty_pass_all_ms'])})")
+                path.unlink()
+            results["smtp_received"] = len(sink.messages)
+        finally:
+            sink.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    a, b = results["at_n"], results["at_10n"]
+    summary = {
+        "import_rows_per_s": imp["import_rows_per_s"],
+        "raw_insert_rows_per_s": imp["raw_insert_rows_per_s"],
+        "empty_pass_ms": a["empty_pass_ms"],
+        "empty_pass_ms_10x": b["empty_pass_ms"],
+        "queue_msgs_per_s": a["queued"] / a["seconds"]["queue"],
+        "queue_msgs_per_s_10x": b["queued"] / b["seconds"]["queue"],
+        "deliver_msgs_per_s": a["sent"] / a["seconds"]["deliver"],
+        "peak_rss_mb": max(imp["import_peak_rss_mb"], a["peak_rss_mb"], b["peak_rss_mb"]),
+    }
+    results.update(summary)
+    ratio_import = summary["import_rows_per_s"] / summary["raw_insert_rows_per_s"]
+    ratio_pass = summary["empty_pass_ms_10x"] / summary["empty_pass_ms"]
+    results["ratio_import_raw"], results["ratio_empty_pass_10x"] = ratio_import, ratio_pass
+    lines = [
+        "", f"Cobalt scale benchmark --quick: SQLite, N = {n:,} and 10N = {10 * n:,} patients; {machine()}",
+        f"import: {imp['patients']:,} patients, {imp['event_rows']:,} event rows; "
+        f"`cobalt import patients` {imp['import_seconds']:.1f} s = {summary['import_rows_per_s']:,.0f} rows/s; "
+        f"raw executemany {imp['raw_seconds']:.2f} s = {summary['raw_insert_rows_per_s']:,.0f} rows/s",
+        f"queue at N: {a['queued']:,} messages in {_s(a['seconds']['queue'])} = "
+        f"{summary['queue_msgs_per_s']:,.0f}/s; at 10N: {b['queued']:,} in {_s(b['seconds']['queue'])} = "
+        f"{summary['queue_msgs_per_s_10x']:,.0f}/s",
+        f"deliver at N through SMTP (aiosmtpd): {a['sent']:,} in {_s(a['seconds']['deliver'])} = "
+        f"{summary['deliver_msgs_per_s']:,.0f}/s ({results['smtp_received']:,} received)",
+        f"empty pass: {summary['empty_pass_ms']:.0f} ms at N, {summary['empty_pass_ms_10x']:.0f} ms at 10N",
+        f"peak RSS (largest step): {summary['peak_rss_mb']:.0f} MB",
+        f"ratio import/raw: {ratio_import:.2f} (goal >= 0.5: {'met' if ratio_import >= 0.5 else 'NOT met'})",
+        f"ratio empty pass 10N/N: {ratio_pass:.2f} (goal <= 1.2: {'met' if ratio_pass <= 1.2 else 'NOT met'})",
+        *_statements("empty pass at N", a["statements"], top=12),
+        *_statements("empty pass at 10N", b["statements"], top=12),
+        "",
+    ]
+    for what, plan in b["plans"].items():
+        lines += [f"-- empty pass at 10N: {what}", *(f"   | {x}" for x in plan.splitlines()), ""]
+    print("\n".join(lines))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    return 0
 
 
 # -- the report ----------------------------------------------------------------------
@@ -731,7 +963,7 @@ def database(backend: str, workdir: Path, keep: bool) -> Iterator[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--patients", type=int, default=20000)
+    parser.add_argument("--patients", type=int, help="N (default 20,000)")
     parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--templates", type=int, default=300,
                         help="patients enrolled through the service before replication (default 300)")
@@ -741,16 +973,26 @@ def main(argv: list[str] | None = None) -> int:
                         help="also report the peak of Python allocations (slows every step)")
     parser.add_argument("--keep", action="store_true", help="keep the database and the outbox")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"SQLite at N (default {QUICK_N:,}) and 10N: import vs raw insert, queueing, "
+                             "SMTP delivery, the empty pass; the ratio goals")
+    parser.add_argument("--import-patients", type=int, default=IMPORT_PATIENTS,
+                        help=f"patients in the CSV for `cobalt import patients` (default {IMPORT_PATIENTS:,})")
     # internal: one measured step in a child process
     parser.add_argument("--step", choices=tuple(STEPS), help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--smtp-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     now = parse_now(args.now)
+    args.patients = args.patients or QUICK_N
 
     if args.step:
-        print(json.dumps(run_step(args.step, args.url, args.workdir, now, args.tracemalloc), default=str))
+        print(json.dumps(run_step(args.step, args.url, args.workdir, now, args.tracemalloc, args.smtp_port),
+                         default=str))
         return 0
+    if args.quick:
+        return quick(args, now)
 
     workdir = Path(tempfile.mkdtemp(prefix="cobalt-bench-"))
     results: dict[str, Any] = {"backend": args.backend, "patients": args.patients, "now": now.isoformat(),
