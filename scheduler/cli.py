@@ -60,25 +60,17 @@ class _Parser(argparse.ArgumentParser):
         raise BadInput(message)
 
 
-# Sane bounds for dates typed by a person: a treatment start or a record before
-# EARLIEST_DATE, or a pass before EARLIEST_NOW, is a slip of the keyboard.
-EARLIEST_DATE = date(1990, 1, 1)
+# A pass before EARLIEST_NOW is a slip of the keyboard (dates: scheduler.validation.check_date).
 EARLIEST_NOW = datetime(2000, 1, 1)
-LATEST_YEAR = 9000  # the plan reaches years ahead of the latest date
 
 
 def _date(text: str) -> date:
+    from scheduler.validation import check_date  # one rule for the command line and import
+
     try:
-        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text, flags=re.ASCII):  # not 20260302 nor 2026-W10-1
-            raise ValueError(text)
-        value = date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
-    if value < EARLIEST_DATE:
-        raise argparse.ArgumentTypeError(f"{text!r} is before {EARLIEST_DATE.year}: check the year")
-    if value.year > LATEST_YEAR:
-        raise argparse.ArgumentTypeError(f"{text!r} is too far in the future")
-    return value
+        return check_date(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _datetime(text: str) -> datetime:
@@ -90,6 +82,8 @@ def _datetime(text: str) -> datetime:
         raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date-time") from None
     if value.replace(tzinfo=None) < EARLIEST_NOW:
         raise argparse.ArgumentTypeError(f"{text!r} is before {EARLIEST_NOW.year}: check the year")
+    from scheduler.validation import LATEST_YEAR
+
     if value.year > LATEST_YEAR:
         raise argparse.ArgumentTypeError(f"{text!r} is too far in the future")
     return value

@@ -29,7 +29,6 @@ import csv
 import heapq
 import itertools
 import pickle
-import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from scheduler.alerts import is_pernicious
 from scheduler.errors import BadInput, FieldError
 from scheduler.service import Context
 from scheduler.store import EVENT_FIELDS, PatientRecord, Replanned, audit_detail, event_values, plan_record
+from scheduler.validation import check_date
 
 PATIENT_COLUMNS = (
     "mrn", "name", "email", "phone", "protocol", "start", "neuro", "renal_impairment", "egfr",
@@ -68,7 +68,6 @@ KINDS = tuple(COLUMNS)
 BATCH_PATIENTS = 500  # patients validated, planned and written together
 SORT_CHUNK_ROWS = 50_000  # rows held in memory at once while sorting (a few tens of MB)
 _BOOLEANS = {"true": True, "false": False, "": False}
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _BOM = codecs.BOM_UTF8
 
 
@@ -231,11 +230,9 @@ def _date_cell(line: int, column: str, text: str, problems: list[Problem]) -> da
         problems.append(Problem(line, column, "a date is required (YYYY-MM-DD)"))
         return None
     try:
-        if not _DATE.fullmatch(text):
-            raise ValueError(text)
-        return date.fromisoformat(text)
-    except ValueError:
-        problems.append(Problem(line, column, f"{text!r} is not a date (YYYY-MM-DD)"))
+        return check_date(text)
+    except ValueError as exc:
+        problems.append(Problem(line, column, str(exc)))
         return None
 
 

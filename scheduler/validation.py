@@ -10,6 +10,9 @@ and no control characters (a CR or LF would start a new mail header).
 
 from __future__ import annotations
 
+import re
+from datetime import date
+
 from scheduler.errors import BadInput
 
 
@@ -42,3 +45,26 @@ def email_problem(value: str) -> tuple[str, str | None]:
     except EmailNotValidError as exc:
         return value, f"is not an email address: {exc}"
     return str(checked.normalized), None
+
+
+# Sane bounds for dates typed by a person: a treatment start or a record before
+# EARLIEST_DATE is a slip of the keyboard; the plan reaches years past the latest.
+EARLIEST_DATE = date(1990, 1, 1)
+LATEST_YEAR = 9000
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", flags=re.ASCII)  # not 20260302 nor 2026-W10-1
+
+
+def check_date(text: str) -> date:
+    """``YYYY-MM-DD`` within sane bounds, or ``ValueError`` saying why in words
+    (the command line and import each name the option or column)."""
+    try:
+        if not _ISO_DATE.fullmatch(text):
+            raise ValueError(text)
+        value = date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+    if value < EARLIEST_DATE:
+        raise ValueError(f"{text!r} is before {EARLIEST_DATE.year}: check the year")
+    if value.year > LATEST_YEAR:
+        raise ValueError(f"{text!r} is too far in the future")
+    return value

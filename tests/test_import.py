@@ -298,6 +298,14 @@ def enrol(cli: Clinic, mrn: str = "X1", start: str = "2026-03-02", *extra: str) 
     assert result.code == 0, result.err
 
 
+def test_a_start_before_1990_is_refused_as_on_the_command_line(cli: Clinic) -> None:
+    path = write(cli, "p.csv", patients_csv("X1,Ann,,,,0001-01-01,,,,,,,", "X2,Bo,,,,2026-03-02,,,,,,,"))
+    err = refused(cli, "patients", path)
+    assert "line 2, column start: '0001-01-01' is before 1990: check the year" in err
+    assert "line 3" not in err
+    assert "before 1990" in cli.cobalt("enroll", "--mrn", "X1", "--name", "Ann", "--start", "0001-01-01").err
+
+
 def test_a_dose_before_the_start_is_refused(cli: Clinic) -> None:
     enrol(cli)
     path = write(cli, "d.csv", "mrn,given_on\nX1,2026-03-02\nX1,2026-02-27\nNOBODY,2026-03-02\nX1,2026-03-04\n")
