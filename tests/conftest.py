@@ -207,3 +207,12 @@ def clinic(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     c = Clinic(workdir, database_url, monkeypatch, capsys)
     c.configure()
     return c
+
+
+@pytest.fixture
+def smtp() -> Iterator[Any]:
+    """A real SMTP server (aiosmtpd) on a free local port, collecting what it receives."""
+    from smtp_sink import SmtpSink
+
+    with SmtpSink() as sink:
+        yield sink

@@ -33,12 +33,6 @@ START = "2026-03-02"  # a Monday: dose 2 is due Wednesday 4 March, reminded on T
 
 
 @pytest.fixture
-def smtp() -> Any:
-    with SmtpSink() as sink:
-        yield sink
-
-
-@pytest.fixture
 def mailing(clinic: Clinic, smtp: SmtpSink) -> Clinic:
     clinic.configure(smtp_host=smtp.host, smtp_port=smtp.port)
     return clinic

@@ -11,7 +11,6 @@ from datetime import UTC, date, datetime
 
 import pytest
 from freezegun import freeze_time
-from smtp_sink import SmtpSink
 
 from scheduler.config import load_settings
 from scheduler.db import make_engine
@@ -20,12 +19,6 @@ from scheduler.passes import run_pass
 
 # 2026-03-02 is a Monday. hydroxo doses: Mon 2, Wed 4, Fri 6, Mon 9, Wed 11, Fri 13 March.
 START = "2026-03-02"
-
-
-@pytest.fixture
-def smtp():
-    with SmtpSink() as sink:
-        yield sink
 
 
 @pytest.fixture

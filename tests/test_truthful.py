@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from freezegun import freeze_time
-from smtp_sink import SmtpSink
 
 START = "2026-03-02"
 PATIENT = "ann@patient.example"
@@ -24,12 +23,6 @@ CLINIC_LINES = (
 )
 FORBIDDEN = ("b12", "cobalamin", "anaemia", "anemia", "platelet", "deficien", "mma", "methylmalonic",
              "pmol", "180")
-
-
-@pytest.fixture
-def smtp():
-    with SmtpSink() as sink:
-        yield sink
 
 
 @pytest.fixture
