@@ -630,13 +630,20 @@ def _finish(record: PatientRecord, made: Replanned | None, writer: _Writer, live
     )
 
 
-def _import_doses(session: Session, ctx: Context, batch: list[list[Row]], problems: list[Problem],
-                  report: ImportReport, writer: _Writer) -> None:
+def _enrolled(session: Session, batch: list[list[Row]],
+              problems: list[Problem]) -> Iterator[tuple[list[Row], PatientRecord, dict[int, list[Any]]]]:
+    """Each patient's rows of ``batch`` with the patient's record (a row of an MRN
+    that is not enrolled is a problem of ``_load``'s) and their live alerts."""
     records, live = _load(session, batch, problems)
     for group in batch:
         record = records.get(group[0].mrn)
-        if record is None:
-            continue
+        if record is not None:
+            yield group, record, live
+
+
+def _import_doses(session: Session, ctx: Context, batch: list[list[Row]], problems: list[Problem],
+                  report: ImportReport, writer: _Writer) -> None:
+    for group, record, live in _enrolled(session, batch, problems):
         patient = record.patient
         recorded = {d.given_on for d in record.doses}
         events: Sequence[Any] = record.events
@@ -680,11 +687,7 @@ def _same_result(old: Any, code: str, value: float | None, text: str | None, on:
 
 def _import_labs(session: Session, ctx: Context, batch: list[list[Row]], problems: list[Problem],
                  report: ImportReport, writer: _Writer) -> None:
-    records, live = _load(session, batch, problems)
-    for group in batch:
-        record = records.get(group[0].mrn)
-        if record is None:
-            continue
+    for group, record, live in _enrolled(session, batch, problems):
         patient = record.patient
         events: Sequence[Any] = record.events
         made: Replanned | None = None
