@@ -126,7 +126,7 @@ def cmd_export(app: App) -> None:
             from scheduler import export_csv
 
             with _output(app) as stream:
-                export_csv.export(session, stream, app.args.what, today=app.today, on=app.args.on,
+                export_csv.export(session, stream, app.args.what, ctx=app.context(), on=app.args.on,
                                   days=app.args.days)
             return
         if app.args.format == "ics":

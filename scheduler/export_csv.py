@@ -16,20 +16,24 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import date, timedelta
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from sqlalchemy import case, func
+from sqlalchemy import case
 from sqlmodel import Session, col, select
 
-from models import Alert, Event, Patient, Regimen
+from models import Event, Patient
 from scheduler.errors import BadInput
 from scheduler.store import event_json
+
+if TYPE_CHECKING:
+    from scheduler.service import Context
 
 EVENT_COLUMNS = ("id", "kind", "phase", "seq", "label", "due", "status", "done_on", "tests", "because")
 COLUMNS: dict[str, tuple[str, ...]] = {
     "worklist": ("mrn", "name", *EVENT_COLUMNS, "overdue", "alerts"),
     "events": ("mrn", *EVENT_COLUMNS),
-    "patients": ("mrn", "name", "protocol", "status", "next_due_date", "next_due_kind", "open_alerts"),
+    "patients": ("mrn", "name", "protocol", "status", "next_due_date", "next_due_kind", "next_due_label",
+                 "open_alerts"),
 }
 PAGE = 5000  # rows read at a time
 _KIND_ORDER = case({"dose": 0, "lab": 1, "review": 2}, value=col(Event.kind), else_=9)
@@ -94,67 +98,25 @@ def event_rows(session: Session, since: date | None = None, until: date | None =
         yield {"mrn": mrn, **event_json(event)}
 
 
-def patient_rows(session: Session, *, search: str | None = None, status: str = "active") -> Iterator[dict[str, Any]]:
-    """The rows of ``patients --json`` (SPEC section 7): ``mrn``, ``name``, ``protocol``,
-    ``status``, ``next_due`` (the earliest planned event: ``date`` and ``kind``) and
-    ``open_alerts`` (codes), in MRN order, a page of patients at a time."""
-    last = ""
+def patient_rows(session: Session, ctx: Context) -> Iterator[dict[str, Any]]:
+    """The rows of ``patients --json`` (``service.list_patients``), a page at a time."""
+    from scheduler.service import list_patients
+
+    last: str | None = None
     while True:
-        query = select(Patient).where(col(Patient.mrn) > last).order_by(col(Patient.mrn)).limit(PAGE)
-        if status != "all":
-            query = query.where(Patient.status == status)
-        if search:
-            needle = search.lower()
-            query = query.where(func.lower(col(Patient.mrn)).startswith(needle, autoescape=True)
-                                | func.lower(col(Patient.name)).contains(needle, autoescape=True))
-        page = list(session.exec(query))
-        if not page:
+        page = list_patients(session, ctx, status="active", after=last, limit=PAGE)
+        yield from page
+        if len(page) < PAGE:
             return
-        ids = [p.id for p in page]
-        protocols: dict[int, tuple[int, str]] = {}
-        for r in session.exec(select(Regimen).where(col(Regimen.patient_id).in_(ids))):
-            if r.patient_id not in protocols or r.number > protocols[r.patient_id][0]:
-                protocols[r.patient_id] = (r.number, r.protocol)
-        earliest = (
-            select(Event.patient_id, func.min(Event.due).label("due"))
-            .where(col(Event.patient_id).in_(ids), Event.status == "planned")
-            .group_by(col(Event.patient_id))
-            .subquery()
-        )
-        next_due: dict[int, tuple[date, int, str]] = {}
-        found: Any
-        for found in session.execute(
-            select(col(Event.patient_id), col(Event.due), col(Event.kind))
-            .join(earliest, (earliest.c.patient_id == col(Event.patient_id)) & (earliest.c.due == col(Event.due)))
-            .where(Event.status == "planned")
-        ):
-            pid, due, kind = found
-            rank = {"dose": 0, "lab": 1, "review": 2}.get(kind, 9)
-            if pid not in next_due or rank < next_due[pid][1]:
-                next_due[pid] = (due, rank, kind)
-        alerts: dict[int, list[str]] = {}
-        for found in session.execute(
-            select(Alert.patient_id, Alert.code).where(col(Alert.patient_id).in_(ids), Alert.status == "open")
-            .order_by(col(Alert.patient_id), col(Alert.code))
-        ):
-            alerts.setdefault(found[0], []).append(found[1])
-        for p in page:
-            assert p.id is not None
-            nd = next_due.get(p.id)
-            yield {
-                "mrn": p.mrn, "name": p.name, "protocol": protocols.get(p.id, (0, ""))[1], "status": p.status,
-                "next_due": {"date": nd[0].isoformat(), "kind": nd[2]} if nd else None,
-                "open_alerts": alerts.get(p.id, []),
-            }
-        last = page[-1].mrn
+        last = page[-1]["mrn"]
 
 
-def export(session: Session, stream: IO[str], what: str, *, today: date, on: date | None = None,
+def export(session: Session, stream: IO[str], what: str, *, ctx: Context, on: date | None = None,
            days: int | None = None) -> int:
     """Write ``what`` as CSV to ``stream``; returns the number of rows."""
     if days is not None and days < 0:
         raise BadInput("--days must not be negative")
-    start = on or today
+    start = on or ctx.today
     try:
         until = start + timedelta(days=days or 0)
     except OverflowError:
@@ -168,6 +130,7 @@ def export(session: Session, stream: IO[str], what: str, *, today: date, on: dat
         return write_csv(stream, event_rows(session, start if window else None, until if window else None),
                          COLUMNS[what])
     if what == "patients":
-        rows = ({**r, "next_due": r["next_due"] or {"date": None, "kind": None}} for r in patient_rows(session))
+        nothing_due = {"date": None, "kind": None, "label": None}
+        rows = ({**r, "next_due": r["next_due"] or nothing_due} for r in patient_rows(session, ctx))
         return write_csv(stream, rows, COLUMNS[what])
     raise BadInput(f"export csv {what!r}: choose worklist, patients or events")

@@ -575,7 +575,8 @@ def _like_escape(text: str) -> str:
 
 
 def list_patients(session: Session, ctx: Context, *, search: str | None = None,
-                  status: str = "active") -> list[dict[str, Any]]:
+                  status: str = "active", after: str | None = None,
+                  limit: int | None = None) -> list[dict[str, Any]]:
     """Patients by MRN: ``mrn``, ``name``, ``protocol`` (the current one), ``status``,
     ``next_due`` (the earliest planned event: ``date``, ``kind``, ``label``; null when
     none) and ``open_alerts`` (codes, most urgent first).
@@ -606,6 +607,10 @@ def list_patients(session: Session, ctx: Context, *, search: str | None = None,
     )
     if status != "all":
         query = query.where(col(Patient.status) == status)
+    if after is not None:  # a page after this MRN (exports read a million patients a page at a time)
+        query = query.where(col(Patient.mrn) > after)
+    if limit is not None:
+        query = query.limit(limit)
     if search is not None and search.strip():
         text = _like_escape(search.strip().lower())
         query = query.where(or_(

@@ -186,12 +186,14 @@ def test_events_as_csv_are_every_patients_timeline(cli: Clinic) -> None:
 
 def test_patients_as_csv_have_a_header_row_even_when_there_are_none(cli: Clinic) -> None:
     assert run(cli, "export", "csv", "patients").out.splitlines() == [
-        "mrn,name,protocol,status,next_due_date,next_due_kind,open_alerts"
+        "mrn,name,protocol,status,next_due_date,next_due_kind,next_due_label,open_alerts"
     ]
     patient_with_history(cli)
     rows = read_csv(run(cli, "export", "csv", "patients").out)
     assert rows == [{"mrn": "P1", "name": "Ann Example", "protocol": "hydroxo", "status": "active",
-                     "next_due_date": "2026-03-09", "next_due_kind": "dose", "open_alerts": "platelets-low"}]
+                     "next_due_date": "2026-03-09", "next_due_kind": "dose", "next_due_label": "loading",
+                     "open_alerts": "platelets-low"}]
+    assert [r["mrn"] for r in rows] == [p["mrn"] for p in run(cli, "patients", "--json").json()]
 
 
 # -- the calendar attached to reminders ------------------------------------------------------
@@ -238,3 +240,12 @@ def test_every_kind_of_patient_exports_a_valid_bundle(cli: Clinic) -> None:
             assert "on-hold" in statuses  # phase 2, held until the response is confirmed
         if mrn == "D1":
             assert "cancelled" in statuses
+
+
+def test_patients_as_csv_page_through_the_same_rows_as_patients_json(
+        cli: Clinic, monkeypatch: pytest.MonkeyPatch) -> None:
+    for mrn in ("A3", "A1", "A2"):
+        run(cli, "enroll", "--mrn", mrn, "--name", f"Patient {mrn}", "--start", "2026-03-02")
+    monkeypatch.setattr("scheduler.export_csv.PAGE", 2)  # three patients: two pages
+    rows = read_csv(run(cli, "export", "csv", "patients").out)
+    assert [r["mrn"] for r in rows] == [p["mrn"] for p in run(cli, "patients", "--json").json()] == ["A1", "A2", "A3"]
