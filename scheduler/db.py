@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, Table, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlmodel import Session
@@ -94,6 +94,50 @@ def chunked(ids: Sequence[T], size: int = 10_000) -> Iterator[Sequence[T]]:
     65,535 parameters in a statement, SQLite 32,766."""
     for start in range(0, len(ids), size):
         yield ids[start:start + size]
+
+
+def insert_rows(conn: Connection, table: Table, columns: Sequence[str],
+                rows: Iterable[Sequence[Any]]) -> int:
+    """Insert ``rows`` (tuples of ``columns``' values, in that order) with one DBAPI
+    ``executemany``: the set-based write of import, roll-forward and enrolment.
+
+    Each value is turned into what the driver takes by the column's own type (as
+    SQLAlchemy would), but once per distinct value of a column, not once per row:
+    a batch repeats the same timestamp, dates and labels thousands of times. Only
+    the columns named are set, so a column added later with a default gets it.
+    Returns the rows inserted."""
+    dialect = conn.dialect
+    if dialect.paramstyle == "qmark":
+        mark = "?"
+    elif dialect.paramstyle in ("format", "pyformat"):
+        mark = "%s"
+    else:  # pragma: no cover (SQLite and psycopg only)
+        raise NotImplementedError(dialect.paramstyle)
+    quote = dialect.identifier_preparer.quote
+    sql = (f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
+           f"VALUES ({', '.join(mark for _ in columns)})")
+    converters: list[tuple[Any, dict[Any, Any]] | None] = []
+    for name in columns:
+        process = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        converters.append(None if process is None else (process, {}))
+    params = []
+    for row in rows:
+        values = list(row)
+        for i, converter in enumerate(converters):
+            if converter is None:
+                continue
+            process, seen = converter
+            value = values[i]
+            try:
+                values[i] = seen[value]
+            except KeyError:
+                values[i] = seen[value] = process(value)
+            except TypeError:  # not hashable
+                values[i] = process(value)
+        params.append(tuple(values))
+    if params:
+        conn.exec_driver_sql(sql, params)
+    return len(params)
 
 
 # -- migrations ----------------------------------------------------------------
