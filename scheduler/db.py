@@ -116,28 +116,21 @@ def insert_rows(conn: Connection, table: Table, columns: Sequence[str],
     quote = dialect.identifier_preparer.quote
     sql = (f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
            f"VALUES ({', '.join(mark for _ in columns)})")
-    converters: list[tuple[Any, dict[Any, Any]] | None] = []
-    for name in columns:
+    batch = list(rows)
+    if not batch:
+        return 0
+    values: list[tuple[Any, ...]] = list(zip(*batch, strict=True))  # a column at a time
+    for i, name in enumerate(columns):
         process = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-        converters.append(None if process is None else (process, {}))
-    params = []
-    for row in rows:
-        values = list(row)
-        for i, converter in enumerate(converters):
-            if converter is None:
-                continue
-            process, seen = converter
-            value = values[i]
-            try:
-                values[i] = seen[value]
-            except KeyError:
-                values[i] = seen[value] = process(value)
-            except TypeError:  # not hashable
-                values[i] = process(value)
-        params.append(tuple(values))
-    if params:
-        conn.exec_driver_sql(sql, params)
-    return len(params)
+        if process is None:
+            continue
+        try:
+            seen = {value: process(value) for value in set(values[i])}
+            values[i] = tuple(map(seen.__getitem__, values[i]))
+        except TypeError:  # a value that cannot be hashed: one at a time
+            values[i] = tuple(map(process, values[i]))
+    conn.exec_driver_sql(sql, list(zip(*values, strict=True)))
+    return len(batch)
 
 
 # -- migrations ----------------------------------------------------------------

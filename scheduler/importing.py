@@ -31,19 +31,20 @@ import itertools
 import pickle
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import date, datetime
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, select
 from sqlmodel import Session
 
 from models import Dose, LabResult, Patient, Regimen
 from scheduler import db, labs, safety, service
 from scheduler.alerts import is_pernicious
 from scheduler.errors import BadInput, FieldError
+from scheduler.planning import spread_offset
 from scheduler.service import Context
 from scheduler.store import PatientRecord, PatientState, PlanWriter, Replanned, load_states, plan_record
 from scheduler.validation import check_date
@@ -470,28 +471,45 @@ def _import_patients(session: Session, ctx: Context, batch: list[list[Row]], pro
     if not fresh:
         return
     records = []
+    # A new patient's plan follows from these alone (the planner is pure): patients who
+    # share them (a cohort starting over a few weeks shares many) are planned once.
+    plans: dict[tuple[Any, ...], tuple[Replanned, int]] = {}
     for _, new in fresh:
         patient = PatientState(None, new.mrn, "active", new.neuro, new.renal_impairment, new.on_folic_acid,
                                 False, None, None)
         regimen = _RegimenState(1, new.protocol, new.start, new.maintenance_months)
         results = [_Added(next(_ids), code=code, value=value, taken_on=new.start) for code, value in new.initial]
         record = PatientRecord(patient, [regimen], [], results, [], [])  # type: ignore[arg-type,list-item]
-        made = plan_record(record, ctx.calendar, ctx.today, ctx.policy)
+        same = (new.protocol, new.start, new.maintenance_months, new.neuro, new.renal_impairment,
+                new.on_folic_acid, new.initial)
+        offset = spread_offset(new.mrn)
+        if same in plans:
+            made, planned_offset = plans[same]
+            # but planned_through, which is kept short of the reach by each patient's own offset
+            assert made.planned_through is not None
+            made = replace(made, planned_through=made.planned_through + timedelta(days=planned_offset - offset))
+        else:
+            made = plan_record(record, ctx.calendar, ctx.today, ctx.policy)
+            plans[same] = made, offset
         records.append((record, made))
     report.added += len(fresh)
     report.patients += len(fresh)
     if not writer.write:
         return
-    rows = [
-        {"mrn": new.mrn, "name": new.name, "email": new.email, "phone": new.phone, "neuro": new.neuro,
-         "renal_impairment": new.renal_impairment, "on_folic_acid": new.on_folic_acid, "pernicious": False,
-         "opted_out": False, "status": "active", "discharged_on": None, "discharge_reason": None,
-         "planned_through": made.planned_through, "created_at": writer.now, "updated_at": writer.now}
+    columns = ("mrn", "name", "email", "phone", "neuro", "renal_impairment", "on_folic_acid", "pernicious",
+               "opted_out", "status", "discharged_on", "discharge_reason", "planned_through", "created_at",
+               "updated_at")
+    conn = session.connection()
+    db.insert_rows(conn, p, columns, [
+        (new.mrn, new.name, new.email, new.phone, new.neuro, new.renal_impairment, new.on_folic_acid, False,
+         False, "active", None, None, made.planned_through, writer.now, writer.now)
         for (_, new), (_, made) in zip(fresh, records, strict=True)
-    ]
-    ids: list[int] = session.connection().execute(
-        insert(p).returning(p.c.id, sort_by_parameter_order=True), rows
-    ).scalars().all()  # type: ignore[assignment]
+    ])
+    # Their ids, by the unique MRN (one query: cheaper than a RETURNING a row, which SQLite
+    # needs to keep the rows' order).
+    query = select(p.c.mrn, p.c.id).where(p.c.mrn.in_([new.mrn for _, new in fresh]))
+    by_mrn = {str(row.mrn): int(row.id) for row in conn.execute(query)}
+    ids = [by_mrn[new.mrn] for _, new in fresh]
     for (_, new), (record, made), patient_id in zip(fresh, records, ids, strict=True):
         record.patient.id = patient_id
         writer.add(Regimen, patient_id=patient_id, number=1, protocol=new.protocol, start=new.start,

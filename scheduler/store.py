@@ -350,7 +350,9 @@ class PlanWriter:
         for planned in made.events:
             row = existing.pop(planned.key, None)
             if row is None:
-                new.append((patient.id, planned.key, now, now, *event_row(planned)))
+                new.append((patient.id, planned.key, now, now, planned.kind._value_, planned.phase._value_,
+                            planned.seq, planned.label, planned.due, planned.status._value_, planned.done_on,
+                            " ".join(planned.tests), planned.because[:400]))  # event_row, inline: a row a call
                 continue
             values = event_values(planned)
             if any(getattr(row, name) != values[name] for name in EVENT_FIELDS):
@@ -360,7 +362,8 @@ class PlanWriter:
                                            "due_set_at": now if moved else row.due_set_at, **values})
         self.event_deletes.extend(e.id for e in existing.values() if e.id is not None)
         if self.write:
-            safety.sync_alerts(self.session, record, made.events, made.seen, self.policy, live=live)
+            safety.sync_alerts(self.session, record, made.events, made.seen, self.policy, live=live,
+                               insert=self.add)
 
     def flush(self) -> None:
         if self.write:
