@@ -329,6 +329,7 @@ class PlanWriter:
         self.event_updates: list[dict[str, Any]] = []
         self.event_deletes: list[int] = []
         self.patient_updates: list[dict[str, Any]] = []
+        self._new_rows: dict[int, tuple[list[domain.PlannedEvent], list[tuple[Any, ...]]]] = {}
 
     def add(self, table: Any, **values: Any) -> None:
         self.inserts.setdefault((table, tuple(values)), []).append(tuple(values.values()))
@@ -344,9 +345,20 @@ class PlanWriter:
 
         patient = record.patient
         assert patient.id is not None
-        existing = {e.key: e for e in record.events}
         now = self.now
         new = self.inserts.setdefault((Event, EVENT_INSERT), [])
+        if not record.events:  # a new plan: every event is a new row
+            made_before = self._new_rows.get(id(made.events))
+            if made_before is None or made_before[0] is not made.events:
+                # the same plan given to several patients (an import plans equal inputs once)
+                made_before = self._new_rows[id(made.events)] = (made.events, [
+                    (planned.key, now, now, *event_row(planned)) for planned in made.events])
+            new.extend([(patient.id, *row) for row in made_before[1]])
+            if self.write:
+                safety.sync_alerts(self.session, record, made.events, made.seen, self.policy, live=live,
+                                   insert=self.add)
+            return
+        existing = {e.key: e for e in record.events}
         for planned in made.events:
             row = existing.pop(planned.key, None)
             if row is None:
@@ -384,6 +396,7 @@ class PlanWriter:
         self.event_updates.clear()
         self.event_deletes.clear()
         self.patient_updates.clear()
+        self._new_rows.clear()
 
 
 def load_states(session: Session, where: Any) -> list[PatientRecord]:
