@@ -116,7 +116,10 @@ def test_plans_made_on_one_day_fall_due_for_roll_forward_as_a_steady_daily_share
     assert max(first_roll) <= add_months(made_on, PLAN_AHEAD_MONTHS - ROLL_FORWARD_BELOW_MONTHS) + timedelta(days=1)
 
 
-def test_insert_rows_writes_what_a_core_insert_writes(database_url: str) -> None:
+@pytest.mark.parametrize("copy_from", [1, 1_000_000], ids=["copy", "executemany"])
+def test_insert_rows_writes_what_a_core_insert_writes(database_url: str, copy_from: int,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(db, "COPY_FROM_ROWS", copy_from)  # PostgreSQL: COPY, or executemany
     engine = db.make_engine(database_url)
     now = datetime(2026, 3, 2, 9, 30, 15, 123456, tzinfo=UTC)
     p, e = Patient.__table__, Event.__table__  # type: ignore[attr-defined]
