@@ -54,6 +54,8 @@ class ClinicCalendar:
     open_weekdays: frozenset[int] = frozenset(range(5))
     holidays: holidays_lib.HolidayBase | None = field(default=None, compare=False)
     neuro_review_days: int = NEURO_REVIEW_EVERY_DAYS
+    # next_open's answers, remembered (the calendar does not change once made)
+    _next_open: dict[date, date] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def is_open(self, day: date) -> bool:
         if day.weekday() not in self.open_weekdays:
@@ -62,6 +64,12 @@ class ClinicCalendar:
 
     def next_open(self, day: date) -> date:
         """``day`` itself when open, else the next open day."""
+        found = self._next_open.get(day)
+        if found is None:
+            found = self._next_open[day] = self._search_open(day)
+        return found
+
+    def _search_open(self, day: date) -> date:
         for _ in range(366):
             if self.is_open(day):
                 return day

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, Table, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlmodel import Session
@@ -94,6 +94,55 @@ def chunked(ids: Sequence[T], size: int = 10_000) -> Iterator[Sequence[T]]:
     65,535 parameters in a statement, SQLite 32,766."""
     for start in range(0, len(ids), size):
         yield ids[start:start + size]
+
+
+COPY_FROM_ROWS = 1_000  # on PostgreSQL, a batch this big is written with COPY
+
+
+def insert_rows(conn: Connection, table: Table, columns: Sequence[str],
+                rows: Iterable[Sequence[Any]]) -> int:
+    """Insert ``rows`` (tuples of ``columns``' values, in that order) with one DBAPI
+    ``executemany``: the set-based write of import, roll-forward and enrolment.
+
+    Each value is turned into what the driver takes by the column's own type (as
+    SQLAlchemy would), but once per distinct value of a column, not once per row:
+    a batch repeats the same timestamp, dates and labels thousands of times. Only
+    the columns named are set, so a column added later with a default gets it.
+    On PostgreSQL a big batch goes by ``COPY ... FROM STDIN`` instead (row
+    triggers fire for it as for an INSERT). Returns the rows inserted."""
+    dialect = conn.dialect
+    if dialect.paramstyle == "qmark":
+        mark = "?"
+    elif dialect.paramstyle in ("format", "pyformat"):
+        mark = "%s"
+    else:  # pragma: no cover (SQLite and psycopg only)
+        raise NotImplementedError(dialect.paramstyle)
+    quote = dialect.identifier_preparer.quote
+    sql = (f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
+           f"VALUES ({', '.join(mark for _ in columns)})")
+    batch = list(rows)
+    if not batch:
+        return 0
+    values: list[tuple[Any, ...]] = list(zip(*batch, strict=True))  # a column at a time
+    for i, name in enumerate(columns):
+        process = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        if process is None:
+            continue
+        try:
+            seen = {value: process(value) for value in set(values[i])}
+            values[i] = tuple(map(seen.__getitem__, values[i]))
+        except TypeError:  # a value that cannot be hashed: one at a time
+            values[i] = tuple(map(process, values[i]))
+    if dialect.name == "postgresql" and len(batch) >= COPY_FROM_ROWS:
+        # COPY: the rows stream to the server without a round trip each, in this transaction
+        names = ", ".join(quote(c) for c in columns)
+        with conn.connection.driver_connection.cursor() as cursor, cursor.copy(  # type: ignore[union-attr]
+                f"COPY {quote(table.name)} ({names}) FROM STDIN") as copy:
+            for row in zip(*values, strict=True):
+                copy.write_row(row)
+        return len(batch)
+    conn.exec_driver_sql(sql, list(zip(*values, strict=True)))
+    return len(batch)
 
 
 # -- migrations ----------------------------------------------------------------

@@ -31,22 +31,22 @@ import itertools
 import pickle
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import date, datetime
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from sqlalchemy import Engine, bindparam, delete, insert, select, update
+from sqlalchemy import Engine, select
 from sqlmodel import Session
 
-from models import Audit, Decision, Dose, Event, LabResult, Patient, Regimen
-from models.types import utcnow
+from models import Dose, LabResult, Patient, Regimen
 from scheduler import db, labs, safety, service
 from scheduler.alerts import is_pernicious
 from scheduler.errors import BadInput, FieldError
+from scheduler.planning import spread_offset
 from scheduler.service import Context
-from scheduler.store import EVENT_FIELDS, PatientRecord, Replanned, audit_detail, event_values, plan_record
+from scheduler.store import PatientRecord, PatientState, PlanWriter, Replanned, load_states, plan_record
 from scheduler.validation import check_date
 
 PATIENT_COLUMNS = (
@@ -339,7 +339,7 @@ class _DryRun(Exception):
 def _run(session: Session, ctx: Context, kind: str, path: Path, rows: Iterator[Row], problems: list[Problem],
          report: ImportReport, reporter: Reporter, dry_run: bool) -> None:
     step = {"patients": _import_patients, "doses": _import_doses, "labs": _import_labs}[kind]
-    writer = _Writer(session, ctx, write=not dry_run)
+    writer = PlanWriter(session, ctx.actor, ctx.policy, write=not dry_run)
     for batch in _patients(rows):
         report.rows += sum(len(group) for group in batch)
         writer.write = not dry_run and not problems  # after a bad row: check on, write no more
@@ -350,21 +350,6 @@ def _run(session: Session, ctx: Context, kind: str, path: Path, rows: Iterator[R
         raise ImportRefused(path, problems)
     if dry_run:
         raise _DryRun
-
-
-@dataclass
-class _PatientState:
-    """A patient row the import can change as it replans (the planner reads these fields)."""
-
-    id: int | None
-    mrn: str
-    status: str
-    neuro: bool
-    renal_impairment: bool
-    on_folic_acid: bool
-    pernicious: bool
-    discharged_on: date | None
-    planned_through: date | None
 
 
 @dataclass
@@ -392,67 +377,6 @@ class _RegimenState:
 
 
 _ids = itertools.count(2**53)  # above any real row id: new rows sort after old ones on a day
-
-
-class _Writer:
-    """Rows to insert and update, written in batches with executemany."""
-
-    def __init__(self, session: Session, ctx: Context, *, write: bool) -> None:
-        self.session = session
-        self.ctx = ctx
-        self.write = write
-        self.now = utcnow()
-        self.inserts: dict[Any, list[dict[str, Any]]] = {}
-        self.event_updates: list[dict[str, Any]] = []
-        self.event_deletes: list[int] = []
-        self.patient_updates: list[dict[str, Any]] = []
-
-    def add(self, table: Any, **values: Any) -> None:
-        self.inserts.setdefault(table, []).append(values)
-
-    def audit(self, action: str, patient_id: int | None, **detail: Any) -> None:
-        self.add(Audit, at=self.now, actor=self.ctx.actor, action=action, patient_id=patient_id,
-                 detail=audit_detail(**detail))
-
-    def plan(self, record: PatientRecord, made: Replanned, live: dict[int, list[Any]]) -> None:
-        """Bring the patient's events and alerts in line with ``made`` (as ``store.replan_many``)."""
-        patient = record.patient
-        assert patient.id is not None
-        existing = {e.key: e for e in record.events}
-        for planned in made.events:
-            values = event_values(planned)
-            row = existing.pop(planned.key, None)
-            if row is None:
-                self.add(Event, patient_id=patient.id, key=planned.key, updated_at=self.now, due_set_at=self.now,
-                         **values)
-            elif any(getattr(row, name) != values[name] for name in EVENT_FIELDS):
-                # as store.save_plan: reminders and changed messages count from a new date
-                moved = row.due != values["due"] or row.status != values["status"]
-                self.event_updates.append({"b_id": row.id, "updated_at": self.now,
-                                           "due_set_at": self.now if moved else row.due_set_at, **values})
-        self.event_deletes.extend(e.id for e in existing.values() if e.id is not None)
-        if self.write:
-            safety.sync_alerts(self.session, record, made.events, made.seen, self.ctx.policy, live=live)
-
-    def flush(self) -> None:
-        if self.write:
-            conn = self.session.connection()
-            for table, rows in self.inserts.items():
-                conn.execute(insert(table.__table__), rows)
-            if self.event_updates:
-                t = Event.__table__  # type: ignore[attr-defined]
-                conn.execute(update(t).where(t.c.id == bindparam("b_id")), self.event_updates)
-            if self.event_deletes:
-                for chunk in db.chunked(self.event_deletes):
-                    conn.execute(delete(Event.__table__).where(Event.__table__.c.id.in_(chunk)))  # type: ignore[attr-defined]
-            if self.patient_updates:
-                t = Patient.__table__  # type: ignore[attr-defined]
-                conn.execute(update(t).where(t.c.id == bindparam("b_id")), self.patient_updates)
-            self.session.flush()  # the alerts
-        self.inserts.clear()
-        self.event_updates.clear()
-        self.event_deletes.clear()
-        self.patient_updates.clear()
 
 
 def _refusal(check: Callable[[], object], column: str) -> tuple[str, BadInput] | None:
@@ -514,7 +438,7 @@ def _differences(new: service.NewPatient, old: Any) -> list[str]:
 
 
 def _import_patients(session: Session, ctx: Context, batch: list[list[Row]], problems: list[Problem],
-                     report: ImportReport, writer: _Writer) -> None:
+                     report: ImportReport, writer: PlanWriter) -> None:
     checked: list[tuple[Row, service.NewPatient]] = []
     for group in batch:
         first = group[0]
@@ -546,31 +470,46 @@ def _import_patients(session: Session, ctx: Context, batch: list[list[Row]], pro
             report.unchanged += 1
     if not fresh:
         return
-    planned_through = None
     records = []
+    # A new patient's plan follows from these alone (the planner is pure): patients who
+    # share them (a cohort starting over a few weeks shares many) are planned once.
+    plans: dict[tuple[Any, ...], tuple[Replanned, int]] = {}
     for _, new in fresh:
-        patient = _PatientState(None, new.mrn, "active", new.neuro, new.renal_impairment, new.on_folic_acid,
+        patient = PatientState(None, new.mrn, "active", new.neuro, new.renal_impairment, new.on_folic_acid,
                                 False, None, None)
         regimen = _RegimenState(1, new.protocol, new.start, new.maintenance_months)
         results = [_Added(next(_ids), code=code, value=value, taken_on=new.start) for code, value in new.initial]
         record = PatientRecord(patient, [regimen], [], results, [], [])  # type: ignore[arg-type,list-item]
-        made = plan_record(record, ctx.calendar, ctx.today, ctx.policy)
-        planned_through = made.planned_through
+        same = (new.protocol, new.start, new.maintenance_months, new.neuro, new.renal_impairment,
+                new.on_folic_acid, new.initial)
+        offset = spread_offset(new.mrn)
+        if same in plans:
+            made, planned_offset = plans[same]
+            # but planned_through, which is kept short of the reach by each patient's own offset
+            assert made.planned_through is not None
+            made = replace(made, planned_through=made.planned_through + timedelta(days=planned_offset - offset))
+        else:
+            made = plan_record(record, ctx.calendar, ctx.today, ctx.policy)
+            plans[same] = made, offset
         records.append((record, made))
     report.added += len(fresh)
     report.patients += len(fresh)
     if not writer.write:
         return
-    rows = [
-        {"mrn": new.mrn, "name": new.name, "email": new.email, "phone": new.phone, "neuro": new.neuro,
-         "renal_impairment": new.renal_impairment, "on_folic_acid": new.on_folic_acid, "pernicious": False,
-         "opted_out": False, "status": "active", "discharged_on": None, "discharge_reason": None,
-         "planned_through": planned_through, "created_at": writer.now, "updated_at": writer.now}
-        for _, new in fresh
-    ]
-    ids: list[int] = session.connection().execute(
-        insert(p).returning(p.c.id, sort_by_parameter_order=True), rows
-    ).scalars().all()  # type: ignore[assignment]
+    columns = ("mrn", "name", "email", "phone", "neuro", "renal_impairment", "on_folic_acid", "pernicious",
+               "opted_out", "status", "discharged_on", "discharge_reason", "planned_through", "created_at",
+               "updated_at")
+    conn = session.connection()
+    db.insert_rows(conn, p, columns, [
+        (new.mrn, new.name, new.email, new.phone, new.neuro, new.renal_impairment, new.on_folic_acid, False,
+         False, "active", None, None, made.planned_through, writer.now, writer.now)
+        for (_, new), (_, made) in zip(fresh, records, strict=True)
+    ])
+    # Their ids, by the unique MRN (one query: cheaper than a RETURNING a row, which SQLite
+    # needs to keep the rows' order).
+    query = select(p.c.mrn, p.c.id).where(p.c.mrn.in_([new.mrn for _, new in fresh]))
+    by_mrn = {str(row.mrn): int(row.id) for row in conn.execute(query)}
+    ids = [by_mrn[new.mrn] for _, new in fresh]
     for (_, new), (record, made), patient_id in zip(fresh, records, ids, strict=True):
         record.patient.id = patient_id
         writer.add(Regimen, patient_id=patient_id, number=1, protocol=new.protocol, start=new.start,
@@ -591,27 +530,12 @@ def _load(session: Session, batch: list[list[Row]], problems: list[Problem]
           ) -> tuple[dict[str, PatientRecord], dict[int, list[Any]]]:
     """The records of the batch's patients, read with one query per table (core rows)."""
     p = Patient.__table__  # type: ignore[attr-defined]
-    patients = {
-        row.mrn: _PatientState(row.id, row.mrn, row.status, row.neuro, row.renal_impairment, row.on_folic_acid,
-                               row.pernicious, row.discharged_on, row.planned_through)
-        for row in session.execute(select(p).where(p.c.mrn.in_([g[0].mrn for g in batch])))
-    }
+    records = {r.patient.mrn: r for r in load_states(session, p.c.mrn.in_([g[0].mrn for g in batch]))}
     for group in batch:
-        if group[0].mrn not in patients:
+        if group[0].mrn not in records:
             for row in group:
                 problems.append(Problem(row.line, "mrn", f"no patient with MRN {row.mrn!r}"))
-    records = {mrn: PatientRecord(state) for mrn, state in patients.items()}  # type: ignore[arg-type]
-    by_id = {state.id: records[mrn] for mrn, state in patients.items() if state.id is not None}
-    ids = list(by_id)
-    if ids:
-        tables: tuple[tuple[Any, str], ...] = (
-            (Regimen, "regimens"), (Dose, "doses"), (LabResult, "results"), (Decision, "decisions"),
-            (Event, "events"),
-        )
-        for table, attr in tables:
-            t = table.__table__
-            for found in session.execute(select(t).where(t.c.patient_id.in_(ids))):
-                getattr(by_id[found.patient_id], attr).append(found)
+    ids = [r.patient.id for r in records.values() if r.patient.id is not None]
     live = safety.live_alerts(session, ids) if ids else {}
     return records, live
 
@@ -620,7 +544,7 @@ def _current(record: PatientRecord) -> Any:
     return max(record.regimens, key=lambda r: r.number)
 
 
-def _finish(record: PatientRecord, made: Replanned | None, writer: _Writer, live: dict[int, list[Any]]) -> None:
+def _finish(record: PatientRecord, made: Replanned | None, writer: PlanWriter, live: dict[int, list[Any]]) -> None:
     if made is None:
         return
     patient = record.patient
@@ -642,7 +566,7 @@ def _enrolled(session: Session, batch: list[list[Row]],
 
 
 def _import_doses(session: Session, ctx: Context, batch: list[list[Row]], problems: list[Problem],
-                  report: ImportReport, writer: _Writer) -> None:
+                  report: ImportReport, writer: PlanWriter) -> None:
     for group, record, live in _enrolled(session, batch, problems):
         patient = record.patient
         recorded = {d.given_on for d in record.doses}
@@ -686,7 +610,7 @@ def _same_result(old: Any, code: str, value: float | None, text: str | None, on:
 
 
 def _import_labs(session: Session, ctx: Context, batch: list[list[Row]], problems: list[Problem],
-                 report: ImportReport, writer: _Writer) -> None:
+                 report: ImportReport, writer: PlanWriter) -> None:
     for group, record, live in _enrolled(session, batch, problems):
         patient = record.patient
         events: Sequence[Any] = record.events

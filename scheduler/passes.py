@@ -21,7 +21,7 @@ from scheduler.mailer import Mailer
 from scheduler.outbox import deliver, queue_due_messages, skip_passed_moments
 from scheduler.planning import ROLL_FORWARD_BELOW_MONTHS, add_months
 from scheduler.safety import due_for_alert_check
-from scheduler.store import replan_many
+from scheduler.store import replan_set
 
 log = logging.getLogger("cobalt.pass")
 
@@ -63,30 +63,28 @@ def roll_forward(engine: Engine, settings: Settings, now: datetime) -> int:
     while True:
         with transaction(engine) as session:
             query = (
-                select(Patient)
+                select(Patient.id)
                 .where(Patient.status == "active", col(Patient.planned_through) < threshold)
                 .order_by(col(Patient.planned_through))
                 .limit(settings.scheduler.replan_batch)
             )
             if engine.dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True)
-            patients = list(session.exec(query))
-            if not patients:
+            ids = [pid for pid in session.exec(query) if pid is not None]
+            if not ids:
                 break
-            replan_many(session, patients, calendar, today, policy=policy)
-            total += len(patients)
+            total += replan_set(session, ids, calendar, today, policy=policy)
         if total >= settings.scheduler.replan_per_pass:
             break  # the next pass goes on; reminders are not held up behind a big roll-forward
     # Alerts that a date alone sets off (an unconfirmed response gate).
     with transaction(engine) as session:
-        ids = [p.id for p in due_for_alert_check(session, today)]
-        if ids:
-            query = select(Patient).where(col(Patient.id).in_(ids))
+        due = [p.id for p in due_for_alert_check(session, today) if p.id is not None]
+        if due:
+            query = select(Patient.id).where(col(Patient.id).in_(due))
             if engine.dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True)  # another process has them
-            patients = list(session.exec(query))
-            replan_many(session, patients, calendar, today, policy=policy)
-            total += len(patients)
+            total += replan_set(session, [pid for pid in session.exec(query) if pid is not None], calendar,
+                                today, policy=policy)
     if total:
         log.info("replanned %d patients", total)
     return total

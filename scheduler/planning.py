@@ -31,10 +31,12 @@ Corrections (SPEC section 7):
 
 from __future__ import annotations
 
+import zlib
 from calendar import monthrange
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
+from functools import lru_cache
 
 from scheduler.clinic_calendar import ClinicCalendar
 from scheduler.domain import (
@@ -66,11 +68,26 @@ RESPONSE_GATE_LABEL = "response-gate"
 _KIND_ORDER = {Kind.DOSE: 0, Kind.LAB: 1, Kind.REVIEW: 2}
 
 
-def add_months(day: date, months: int) -> date:
+def add_months_plain(day: date, months: int) -> date:
     """Calendar months, clamped at month end: 31 Jan + 1 month = 28/29 Feb."""
     month0 = day.year * 12 + day.month - 1 + months
     year, month = divmod(month0, 12)
     return date(year, month + 1, min(day.day, monthrange(year, month + 1)[1]))
+
+
+# The same, remembered: a cohort's plans ask for the same few thousand dates over and over.
+add_months = lru_cache(maxsize=1 << 16)(add_months_plain)
+
+# ``planned_through`` is kept up to SPREAD_DAYS - 1 days short of where the plan really
+# reaches, by an offset fixed per patient (from the MRN), so that plans made on the same
+# day (an import, one roll-forward) fall due for the next roll-forward on different days:
+# a steady daily share instead of the whole cohort on one day (docs/decisions.md).
+SPREAD_DAYS = 28
+
+
+def spread_offset(mrn: str) -> int:
+    """The days a patient's ``planned_through`` is kept short of the plan's reach."""
+    return zlib.crc32(mrn.encode("utf-8")) % SPREAD_DAYS
 
 
 def horizon(as_of: date) -> date:
@@ -401,16 +418,19 @@ def _plan_labs(enrolment: Enrolment, history: History, calendar: ClinicCalendar,
     for order in history.extra_lab_orders:
         wanted.append((f"lab:{order.label}", order.label, order.due, order.tests, order.because))
 
-    events = []
+    placed = []
     for key, label, raw, tests, because in wanted:
         due, because = _shifted(calendar, raw, because)
         done_on = history.labs_done.get(key)
         if done_on is None:
             due, because = _moved(calendar, history, key, due, because)
-        events.append(PlannedEvent(
-            key=key, kind=Kind.LAB, phase=Phase.MONITORING, seq=0, label=label, due=due,
+        placed.append((due, key, label, tests, because, done_on))
+    placed.sort(key=lambda p: p[0])  # stable: the order above breaks ties; seq follows the dates
+    return [
+        PlannedEvent(
+            key=key, kind=Kind.LAB, phase=Phase.MONITORING, seq=seq, label=label, due=due,
             status=Status.DONE if done_on else Status.PLANNED, because=because,
             done_on=done_on, tests=tests,
-        ))
-    events.sort(key=lambda e: e.due)
-    return [replace(e, seq=i) for i, e in enumerate(events, start=1)]
+        )
+        for seq, (due, key, label, tests, because, done_on) in enumerate(placed, start=1)
+    ]

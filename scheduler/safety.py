@@ -17,7 +17,7 @@ and records what it sent with ``mark_notified``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, timedelta
 from typing import Any
 
@@ -71,6 +71,7 @@ def live_alerts(session: Session, patient_ids: Iterable[int]) -> dict[int, list[
 def sync_alerts(
     session: Session, record: PatientRecord, events: Sequence[domain.PlannedEvent], today: date,
     policy: AlertPolicy = DEFAULT_POLICY, *, live: Mapping[int, Sequence[Alert]] | None = None,
+    insert: Callable[..., None] | None = None,
 ) -> list[Alert]:
     """Bring the patient's alert rows in line with the rules on ``today``.
 
@@ -78,7 +79,8 @@ def sync_alerts(
     gate reads it).
     ``live`` is what ``live_alerts`` returned when the caller loaded a whole
     batch at once; without it the patient's rows are read here. Returns the rows
-    inserted (new alerts, open), not yet flushed.
+    inserted (new alerts, open), not yet flushed. ``insert``: a batch writer's
+    (``store.PlanWriter.add``), given each new row's columns instead (nothing is returned).
     """
     patient = record.patient
     assert patient.id is not None
@@ -107,7 +109,11 @@ def sync_alerts(
     for code, alert in standing.items():
         message = alert.message[:_MESSAGE_MAX]
         existing = kept.get(code)
-        if existing is None:
+        if existing is None and insert is not None:
+            insert(Alert, patient_id=patient.id, code=code, severity=alert.severity.value, message=message,
+                   since=alert.since, status=OPEN, opened_at=now, closed_at=None, closed_by=None,
+                   cleared_at=None, notified=False)
+        elif existing is None:
             new = Alert(
                 patient_id=patient.id, code=code, severity=alert.severity.value, message=message,
                 since=alert.since, status=OPEN, opened_at=now,

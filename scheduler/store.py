@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import date
+from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import bindparam, delete, update
+from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
 from models import Audit, Decision, Dose, Event, EventMove, LabResult, Patient, Regimen
@@ -22,9 +23,9 @@ from models.types import utcnow
 from scheduler import domain
 from scheduler.alerts import DEFAULT_POLICY, AlertPolicy, extra_lab_orders
 from scheduler.clinic_calendar import ClinicCalendar
-from scheduler.db import chunked
+from scheduler.db import chunked, insert_rows
 from scheduler.errors import NotFound
-from scheduler.planning import PLAN_AHEAD_MONTHS, add_months, horizon, plan
+from scheduler.planning import PLAN_AHEAD_MONTHS, add_months, horizon, plan, spread_offset
 from scheduler.protocols import PROTOCOLS
 
 
@@ -178,14 +179,17 @@ def plan_record(record: PatientRecord, calendar: ClinicCalendar, today: date,
     """Plan one patient afresh from what was recorded (pure: reads only ``record``)."""
     history = replace(record.history(),
                       extra_lab_orders=tuple(extra_lab_orders(record.lab_results(), policy)))
-    active = record.patient.status == "active"
+    patient = record.patient
+    active = patient.status == "active"
+    # ``planned_through`` is kept short of the reach by the patient's spread offset.
+    offset = timedelta(days=spread_offset(patient.mrn))
     # A pass run with a later --now (time travel) already planned further: keep it.
-    reach = record.patient.planned_through if active else None
+    reach = patient.planned_through + offset if active and patient.planned_through else None
     events = plan(record.enrolment(), history, calendar, today, reach=reach)
     # The latest day this patient was planned on: date-driven alerts (the response
     # gate) raised then stay raised when a record is made on an earlier real day.
     seen = max(today, add_months(reach, -PLAN_AHEAD_MONTHS)) if reach else today
-    planned_through = max(horizon(today), reach or today) if active else None
+    planned_through = max(horizon(today), reach or today) - offset if active else None
     return Replanned(events, seen, planned_through)
 
 
@@ -205,6 +209,13 @@ def event_values(planned: domain.PlannedEvent) -> dict[str, Any]:
 
 
 EVENT_FIELDS = ("kind", "phase", "seq", "label", "due", "status", "done_on", "tests", "because")
+
+
+def event_row(planned: domain.PlannedEvent) -> tuple[Any, ...]:
+    """``event_values`` as a tuple, in the order of ``EVENT_FIELDS``."""
+    # ``_value_``: the member's value without the ``value`` property's cost (a row a call)
+    return (planned.kind._value_, planned.phase._value_, planned.seq, planned.label, planned.due,
+            planned.status._value_, planned.done_on, " ".join(planned.tests), planned.because[:400])
 
 
 def save_plan(session: Session, record: PatientRecord, events: Iterable[domain.PlannedEvent]) -> None:
@@ -276,3 +287,157 @@ def drug_of(event: Event, drugs: dict[tuple[int, int], tuple[str, str]]) -> tupl
         return None, None
     found = drugs.get((event.patient_id, int(number)))
     return found if found else (None, None)
+
+
+# -- the set-based path: import and roll-forward -----------------------------------------
+
+
+@dataclass
+class PatientState:
+    """The patient columns the planner reads, as a batch writer keeps them (a plain
+    object: the writer updates ``planned_through`` and ``pernicious`` as it plans)."""
+
+    id: int | None
+    mrn: str
+    status: str
+    neuro: bool
+    renal_impairment: bool
+    on_folic_acid: bool
+    pernicious: bool
+    discharged_on: date | None
+    planned_through: date | None
+
+
+EVENT_INSERT = ("patient_id", "key", "updated_at", "due_set_at", *EVENT_FIELDS)
+
+
+class PlanWriter:
+    """Rows to insert, update and delete for a batch of patients, written together:
+    inserts by one DBAPI ``executemany`` a table (``db.insert_rows``: values converted
+    once per distinct value), updates by one ``executemany``, no ORM object per row and
+    nothing read back. Import and roll-forward plan through this; the service's one
+    patient at a time goes through ``replan``."""
+
+    def __init__(self, session: Session, actor: str, policy: AlertPolicy = DEFAULT_POLICY, *,
+                 write: bool = True, now: datetime | None = None) -> None:
+        self.session = session
+        self.actor = actor
+        self.policy = policy
+        self.write = write
+        self.now = now or utcnow()
+        self.inserts: dict[tuple[Any, tuple[str, ...]], list[tuple[Any, ...]]] = {}
+        self.event_updates: list[dict[str, Any]] = []
+        self.event_deletes: list[int] = []
+        self.patient_updates: list[dict[str, Any]] = []
+        self._new_rows: dict[int, tuple[list[domain.PlannedEvent], list[tuple[Any, ...]]]] = {}
+
+    def add(self, table: Any, **values: Any) -> None:
+        self.inserts.setdefault((table, tuple(values)), []).append(tuple(values.values()))
+
+    def audit(self, action: str, patient_id: int | None, **detail: Any) -> None:
+        self.add(Audit, at=self.now, actor=self.actor, action=action, patient_id=patient_id,
+                 detail=audit_detail(**detail))
+
+    def plan(self, record: PatientRecord, made: Replanned, live: dict[int, list[Any]]) -> None:
+        """Bring the patient's events and alerts in line with ``made`` (as ``save_plan``
+        and ``safety.sync_alerts`` do for one patient)."""
+        from scheduler import safety  # noqa: PLC0415 (safety builds on this module)
+
+        patient = record.patient
+        assert patient.id is not None
+        now = self.now
+        new = self.inserts.setdefault((Event, EVENT_INSERT), [])
+        if not record.events:  # a new plan: every event is a new row
+            made_before = self._new_rows.get(id(made.events))
+            if made_before is None or made_before[0] is not made.events:
+                # the same plan given to several patients (an import plans equal inputs once)
+                made_before = self._new_rows[id(made.events)] = (made.events, [
+                    (planned.key, now, now, *event_row(planned)) for planned in made.events])
+            new.extend([(patient.id, *row) for row in made_before[1]])
+            if self.write:
+                safety.sync_alerts(self.session, record, made.events, made.seen, self.policy, live=live,
+                                   insert=self.add)
+            return
+        existing = {e.key: e for e in record.events}
+        for planned in made.events:
+            row = existing.pop(planned.key, None)
+            if row is None:
+                new.append((patient.id, planned.key, now, now, planned.kind._value_, planned.phase._value_,
+                            planned.seq, planned.label, planned.due, planned.status._value_, planned.done_on,
+                            " ".join(planned.tests), planned.because[:400]))  # event_row, inline: a row a call
+                continue
+            values = event_values(planned)
+            if any(getattr(row, name) != values[name] for name in EVENT_FIELDS):
+                # as save_plan: reminders and changed messages count from a new date
+                moved = row.due != values["due"] or row.status != values["status"]
+                self.event_updates.append({"b_id": row.id, "updated_at": now,
+                                           "due_set_at": now if moved else row.due_set_at, **values})
+        self.event_deletes.extend(e.id for e in existing.values() if e.id is not None)
+        if self.write:
+            safety.sync_alerts(self.session, record, made.events, made.seen, self.policy, live=live,
+                               insert=self.add)
+
+    def flush(self) -> None:
+        if self.write:
+            conn = self.session.connection()
+            for (table, columns), rows in self.inserts.items():
+                insert_rows(conn, table.__table__, columns, rows)
+            if self.event_updates:
+                t = Event.__table__  # type: ignore[attr-defined]
+                conn.execute(update(t).where(t.c.id == bindparam("b_id")), self.event_updates)
+            if self.event_deletes:
+                for chunk in chunked(self.event_deletes):
+                    conn.execute(delete(Event.__table__).where(Event.__table__.c.id.in_(chunk)))  # type: ignore[attr-defined]
+            if self.patient_updates:
+                t = Patient.__table__  # type: ignore[attr-defined]
+                conn.execute(update(t).where(t.c.id == bindparam("b_id")), self.patient_updates)
+            self.session.flush()  # the alerts
+        self.inserts.clear()
+        self.event_updates.clear()
+        self.event_deletes.clear()
+        self.patient_updates.clear()
+        self._new_rows.clear()
+
+
+def load_states(session: Session, where: Any) -> list[PatientRecord]:
+    """The records of the patients ``where`` selects (a condition on the patient table),
+    as core rows with one query per table: what ``PlanWriter`` plans from."""
+    p = Patient.__table__  # type: ignore[attr-defined]
+    states = [
+        PatientState(row.id, row.mrn, row.status, row.neuro, row.renal_impairment, row.on_folic_acid,
+                     row.pernicious, row.discharged_on, row.planned_through)
+        for row in session.execute(core_select(p).where(where))
+    ]
+    records = {state.id: PatientRecord(state) for state in states}  # type: ignore[arg-type]
+    ids = list(records)
+    if ids:
+        tables: tuple[tuple[Any, str], ...] = (
+            (Regimen, "regimens"), (Dose, "doses"), (LabResult, "results"), (Decision, "decisions"),
+            (Event, "events"), (EventMove, "moves"),
+        )
+        for chunk in chunked(ids):
+            for table, attr in tables:
+                t = table.__table__
+                for found in session.execute(core_select(t).where(t.c.patient_id.in_(chunk))):
+                    getattr(records[found.patient_id], attr).append(found)
+    return list(records.values())
+
+
+def replan_set(session: Session, patient_ids: Sequence[int], calendar: ClinicCalendar, today: date, *,
+               policy: AlertPolicy = DEFAULT_POLICY, actor: str = "cobalt") -> int:
+    """``replan_many`` for a batch of patients by id, set-based (``PlanWriter``): what the
+    pass's roll-forward uses. Returns the patients replanned."""
+    from scheduler import safety  # noqa: PLC0415 (safety builds on this module)
+
+    if not patient_ids:
+        return 0
+    p = Patient.__table__  # type: ignore[attr-defined]
+    records = load_states(session, p.c.id.in_(list(patient_ids)))
+    live = safety.live_alerts(session, [r.patient.id for r in records if r.patient.id is not None])
+    writer = PlanWriter(session, actor, policy)
+    for record in records:
+        made = plan_record(record, calendar, today, policy)
+        writer.plan(record, made, live)
+        writer.patient_updates.append({"b_id": record.patient.id, "planned_through": made.planned_through})
+    writer.flush()
+    return len(records)

@@ -10,6 +10,7 @@ and no control characters (a CR or LF would start a new mail header).
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import date
 
@@ -39,12 +40,40 @@ def email_problem(value: str) -> tuple[str, str | None]:
         return value, "is not an email address: it is empty"
     if "=?" in text or '"' in text or "\\" in text:
         return value, "is not a plain email address (no quoting or encoded words)"
+    local, at, domain = text.rpartition("@")
+    if at and _PLAIN_LOCAL.fullmatch(local) and len(text) <= _MAX_ADDRESS:
+        # A plain ASCII dot-atom local part is valid as it is: only the domain needs
+        # the library, and a cohort shares a few domains (tests/test_validation.py
+        # checks this path against the library's own answer).
+        normalised = _domain(domain)
+        if normalised is not None and len(local) + 1 + len(normalised) <= _MAX_ADDRESS:
+            return f"{local}@{normalised}", None
     try:
         checked = validate_email(text, check_deliverability=False, allow_quoted_local=False,
                                  allow_display_name=False, allow_domain_literal=False)
     except EmailNotValidError as exc:
         return value, f"is not an email address: {exc}"
     return str(checked.normalized), None
+
+
+# RFC 5322 dot-atom of ASCII atext, at most 64 characters: what email-validator accepts as
+# it is; anything else (Unicode, quoting, odd dots) goes to the library whole.
+_PLAIN_LOCAL = re.compile(r"(?=.{1,64}\Z)[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*",
+                          flags=re.ASCII)
+_MAX_ADDRESS = 254
+
+
+@functools.lru_cache(maxsize=4096)
+def _domain(domain: str) -> str | None:
+    """The domain as email-validator normalises it (checked with a plain local part), or None."""
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        checked = validate_email(f"a@{domain}", check_deliverability=False, allow_quoted_local=False,
+                                 allow_display_name=False, allow_domain_literal=False)
+    except EmailNotValidError:
+        return None
+    return str(checked.domain)
 
 
 # Sane bounds for dates typed by a person: a treatment start or a record before

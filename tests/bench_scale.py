@@ -703,25 +703,36 @@ def write_import_csv(path: Path, patients: int, today: date, seed: int) -> None:
             f.write(f"I{n:07d},Imported Patient {n},{email},{protocol},{start},{neuro},{months}\n")
 
 
-def measure_import(workdir: Path, patients: int, seed: int) -> dict[str, Any]:
+def measure_import(workdir: Path, patients: int, seed: int, *, url: str | None = None,
+                   code: Path | None = None, name: str = "import") -> dict[str, Any]:
     """``cobalt import patients`` run as the real command (its own process) on a generated CSV
-    into a fresh, migrated SQLite database; then the same event rows by plain executemany into a
-    fresh copy of the schema (migrated, with its indexes), in one transaction."""
-    folder = workdir / "import"
+    into a fresh, migrated database (SQLite unless ``url``); then the same event rows by plain
+    executemany into a fresh copy of the schema (migrated, with its indexes), in one transaction.
+
+    ``code``: run the command from that source tree instead (a checkout of another commit), so
+    two versions are measured side by side in one run."""
+    folder = workdir / name
     folder.mkdir()
-    url = f"sqlite:///{folder / 'import.db'}"
+    url = url or f"sqlite:///{folder / 'import.db'}"
     (folder / "cobalt.toml").write_text(f'database_url = "{url}"\n', encoding="utf-8")
-    cobalt = str(Path(sys.executable).with_name("cobalt"))
-    subprocess.run([cobalt, "db", "upgrade"], cwd=folder, check=True, capture_output=True)
+    env = dict(os.environ)
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
+    cobalt = [sys.executable, "-c", "import sys; from scheduler.cli import main; sys.exit(main())"]
+    subprocess.run([*cobalt, "db", "upgrade"], cwd=folder, check=True, capture_output=True, env=env)
     csv_path = folder / "patients.csv"
     write_import_csv(csv_path, patients, date.today(), seed)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before, cpu_before = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
     started = time.perf_counter()
-    proc = subprocess.run([cobalt, "import", "patients", str(csv_path), "--json"], cwd=folder,
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run([*cobalt, "import", "patients", str(csv_path), "--json"], cwd=folder,
+                          capture_output=True, text=True, check=False, env=env)
     import_seconds = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"cobalt import failed:\n{proc.stderr}")
-    import_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    import_rss = max(before, usage.ru_maxrss) / 1024
+    import_cpu = usage.ru_utime + usage.ru_stime - cpu_before  # less at the mercy of a busy machine
     source = db.make_engine(url)
     with source.connect() as conn:
         event_rows = [tuple(r) for r in conn.exec_driver_sql("SELECT * FROM event").all()]
@@ -729,32 +740,84 @@ def measure_import(workdir: Path, patients: int, seed: int) -> dict[str, Any]:
         patient_rows = [tuple(r) for r in conn.exec_driver_sql("SELECT * FROM patient").all()]
         patient_cols = list(conn.exec_driver_sql("SELECT * FROM patient LIMIT 0").keys())
     source.dispose()
-    raw_url = f"sqlite:///{folder / 'raw.db'}"
+    postgres = url.startswith("postgresql")
+    if postgres:
+        raw_db = f"{url}_raw"
+        admin = create_engine(url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{raw_db.rsplit("/", 1)[1]}"'))
+        raw_url = raw_db
+    else:
+        raw_url = f"sqlite:///{folder / 'raw.db'}"
     raw = db.make_engine(raw_url)
     db.upgrade(raw)
+    mark = "%s" if postgres else "?"
 
     def insert_sql(table: str, cols: list[str]) -> str:
         return (f"INSERT INTO {table} ({', '.join(cols)}) "
-                f"VALUES ({', '.join('?' for _ in cols)})")
+                f"VALUES ({', '.join(mark for _ in cols)})")
 
     dbapi = raw.raw_connection()
     try:
-        cursor = dbapi.cursor()  # the connection is in autocommit: BEGIN ... COMMIT by hand
-        cursor.execute("BEGIN")
+        cursor = dbapi.cursor()
+        if not postgres:
+            cursor.execute("BEGIN")  # the connection is in autocommit: BEGIN ... COMMIT by hand
         cursor.executemany(insert_sql("patient", patient_cols), patient_rows)  # not timed
-        cursor.execute("COMMIT")
-        started = time.perf_counter()
-        cursor.execute("BEGIN")
+        dbapi.commit() if postgres else cursor.execute("COMMIT")
+        started, cpu_started = time.perf_counter(), time.process_time()
+        if not postgres:
+            cursor.execute("BEGIN")
         cursor.executemany(insert_sql("event", event_cols), event_rows)
-        cursor.execute("COMMIT")
+        dbapi.commit() if postgres else cursor.execute("COMMIT")
         raw_seconds = time.perf_counter() - started
+        raw_cpu = time.process_time() - cpu_started
     finally:
         dbapi.close()
         raw.dispose()
+        if postgres:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{raw_db.rsplit("/", 1)[1]}" WITH (FORCE)'))
+            admin.dispose()
     return {"patients": patients, "event_rows": len(event_rows), "import_seconds": import_seconds,
             "raw_seconds": raw_seconds, "import_rows_per_s": len(event_rows) / import_seconds,
             "raw_insert_rows_per_s": len(event_rows) / raw_seconds, "import_peak_rss_mb": import_rss,
-            "summary": json.loads(proc.stdout)}
+            "import_cpu_seconds": import_cpu, "raw_cpu_seconds": raw_cpu, "summary": json.loads(proc.stdout)}
+
+
+def only_import(args: argparse.Namespace) -> int:
+    """--only import: the import-vs-raw measurement alone (``--compare TREE``: that source tree
+    first, then this one, each into a fresh database, side by side)."""
+    workdir = Path(tempfile.mkdtemp(prefix="cobalt-bench-import-"))
+    runs: list[tuple[str, Path | None]] = [("this tree", None)]
+    if args.compare:
+        runs.insert(0, (str(args.compare), args.compare.resolve()))
+    results: dict[str, Any] = {"backend": args.backend, "machine": machine(), "runs": {}}
+    try:
+        for n, (title, code) in enumerate(runs):
+            with database(args.backend, workdir, False) as url:
+                imp = measure_import(workdir, args.import_patients, args.seed,
+                                     url=None if args.backend == "sqlite" else url, code=code, name=f"run{n}")
+            results["runs"][title] = imp
+            log(f"{title}: {imp['event_rows']:,} event rows; import {imp['import_seconds']:.2f} s "
+                f"({imp['import_rows_per_s']:,.0f} rows/s), raw {imp['raw_seconds']:.2f} s "
+                f"({imp['raw_insert_rows_per_s']:,.0f} rows/s): ratio "
+                f"{imp['import_rows_per_s'] / imp['raw_insert_rows_per_s']:.2f}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"\nimport vs raw executemany, {args.backend}, {args.import_patients:,} patients ({machine()})")
+    print("(ratio: raw time / import time, by the wall clock; CPU: the same by CPU seconds, the import's "
+          "child process and the raw insert's own, less at the mercy of a busy machine; on PostgreSQL the "
+          "server's CPU is not counted)")
+    print(f"{'code':<32} {'event rows':>10} {'import s':>9} {'rows/s':>8} {'raw s':>6} {'raw rows/s':>10} "
+          f"{'ratio':>5} {'import CPU':>10} {'raw CPU':>8} {'CPU ratio':>9}")
+    for title, imp in results["runs"].items():
+        print(f"{title[-32:]:<32} {imp['event_rows']:>10,} {imp['import_seconds']:>9.2f} "
+              f"{imp['import_rows_per_s']:>8,.0f} {imp['raw_seconds']:>6.2f} {imp['raw_insert_rows_per_s']:>10,.0f} "
+              f"{imp['import_rows_per_s'] / imp['raw_insert_rows_per_s']:>5.2f} {imp['import_cpu_seconds']:>10.2f} "
+              f"{imp['raw_cpu_seconds']:>8.2f} {imp['raw_cpu_seconds'] / imp['import_cpu_seconds']:>9.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    return 0
 
 
 def step_quick_pass(engine: Engine, settings: Settings, now: datetime, meter: Meter) -> dict[str, Any]:
@@ -1068,6 +1131,11 @@ def main(argv: list[str] | None = None) -> int:
                              "SMTP delivery, the empty pass; the ratio goals")
     parser.add_argument("--import-patients", type=int, default=IMPORT_PATIENTS,
                         help=f"patients in the CSV for `cobalt import patients` (default {IMPORT_PATIENTS:,})")
+    parser.add_argument("--only", choices=("import",),
+                        help="import: only the import-vs-raw measurement of --quick (with --backend)")
+    parser.add_argument("--compare", type=Path, metavar="TREE",
+                        help="with --only import: also run the import from this source tree "
+                             "(e.g. `git archive` of another commit), first, side by side")
     # internal: one measured step in a child process
     parser.add_argument("--step", choices=tuple(STEPS), help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -1083,6 +1151,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_step(args.step, args.url, args.workdir, now, args.tracemalloc, args.smtp_port),
                          default=str))
         return 0
+    if args.only == "import":
+        return only_import(args)
     if args.quick:
         return quick(args, now)
 
