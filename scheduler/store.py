@@ -12,12 +12,12 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete
 from sqlmodel import Session, col, select
 
-from models import Audit, Decision, Dose, Event, EventMove, LabResult, Patient, Regimen
+from models import Event, Patient, Regimen
 from models.types import utcnow
 from scheduler import domain
 from scheduler.alerts import DEFAULT_POLICY, AlertPolicy, extra_lab_orders
@@ -26,6 +26,9 @@ from scheduler.db import chunked
 from scheduler.errors import NotFound
 from scheduler.planning import PLAN_AHEAD_MONTHS, add_months, horizon, plan
 from scheduler.protocols import PROTOCOLS
+
+if TYPE_CHECKING:  # defined on first use (models.records): a read command may never load them
+    from models import Decision, Dose, EventMove, LabResult
 
 
 def get_patient(session: Session, mrn: str, *, for_update: bool = False) -> Patient:
@@ -44,6 +47,8 @@ def audit_detail(**detail: Any) -> str:
 
 
 def audit(session: Session, actor: str, action: str, patient: Patient | None, **detail: Any) -> None:
+    from models import Audit
+
     session.add(Audit(
         actor=actor, action=action, patient_id=patient.id if patient else None,
         detail=audit_detail(**detail),
@@ -128,6 +133,8 @@ def order_label(order_key: str | None) -> str | None:
 
 def load_records(session: Session, patients: Sequence[Patient]) -> list[PatientRecord]:
     """The records of a batch of patients: one query per table."""
+    from models import Decision, Dose, EventMove, LabResult
+
     records = {p.id: PatientRecord(p) for p in patients}
     ids = list(records)
     if not ids:
