@@ -1,16 +1,25 @@
 """Cobalt's tables: one SQLModel class per table.
 
+Building a table class costs a few milliseconds (pydantic and SQLAlchemy both
+inspect it), and a nurse runs many short commands: this module defines the
+tables of the plan (patients, regimens, events), which every command reads; the
+others are defined in ``models.records``, ``models.alert``, ``models.outbox`` and
+``models.user`` on first use (``from models import Dose`` loads them).
+``models.metadata`` (or ``load_all()``) is every table: migrations, ``create_all``
+and the schema tests use it. ``SQLModel.metadata`` alone may not be complete.
+
 State that must survive a restart (the plan, what was given and measured, the
 decisions, the outbox, the alerts) lives here, not in APScheduler's job store.
 Timestamps are timezone-aware UTC set in Python (``utcnow``), never by the
 database's clock, so time-travel tests can move them.
 """
 
-from __future__ import annotations
-
+import importlib
 from datetime import date, datetime
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Column, Index, MetaData, Text, UniqueConstraint, text
+from pydantic import ConfigDict
+from sqlalchemy import Column, Index, MetaData, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from models.types import UTCDateTime, utcnow
@@ -23,18 +32,24 @@ SQLModel.metadata.naming_convention = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-metadata: MetaData = SQLModel.metadata
 
 
-def _ts(**kw: object) -> object:
+class TableModel(SQLModel):
+    """The base of every table class. Pydantic builds a table's validator on first
+    use, not at import: a read command never validates a row."""
+
+    model_config = ConfigDict(defer_build=True)  # type: ignore[assignment]
+
+
+def ts(**kw: object) -> object:
     return Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False, **kw))  # type: ignore[arg-type]
 
 
-def _ts_null(**kw: object) -> object:
+def ts_null(**kw: object) -> object:
     return Field(default=None, sa_column=Column(UTCDateTime(), nullable=True, **kw))  # type: ignore[arg-type]
 
 
-class PatientBase(SQLModel):
+class PatientBase(TableModel):
     mrn: str = Field(max_length=64, unique=True, index=True)
     name: str = Field(max_length=200)
     email: str | None = Field(default=None, max_length=320)
@@ -56,11 +71,11 @@ class Patient(PatientBase, table=True):
     discharge_reason: str | None = None
     # The plan reaches this day; the pass replans patients whose plan runs short.
     planned_through: date | None = Field(default=None, index=True)
-    created_at: datetime = _ts()  # type: ignore[assignment]
-    updated_at: datetime = _ts()  # type: ignore[assignment]
+    created_at: datetime = ts()  # type: ignore[assignment]
+    updated_at: datetime = ts()  # type: ignore[assignment]
 
 
-class Regimen(SQLModel, table=True):
+class Regimen(TableModel, table=True):
     """A protocol the patient is on from ``start``; a switch adds the next one."""
 
     __table_args__ = (UniqueConstraint("patient_id", "number"),)
@@ -70,10 +85,10 @@ class Regimen(SQLModel, table=True):
     protocol: str = Field(max_length=32)
     start: date
     maintenance_months: int
-    created_at: datetime = _ts()  # type: ignore[assignment]
+    created_at: datetime = ts()  # type: ignore[assignment]
 
 
-class Event(SQLModel, table=True):
+class Event(TableModel, table=True):
     """One line of a patient's timeline, as the planner last planned it."""
 
     __table_args__ = (
@@ -93,156 +108,50 @@ class Event(SQLModel, table=True):
     done_on: date | None = None
     tests: str = Field(default="", max_length=200)  # space-separated test codes
     because: str = Field(max_length=400)
-    updated_at: datetime = _ts()  # type: ignore[assignment]
+    updated_at: datetime = ts()  # type: ignore[assignment]
     # When the plan gave the event its present date and status: what comes after a
     # day's send_time is told at the next day's (None: before this was kept).
-    due_set_at: datetime | None = _ts_null()  # type: ignore[assignment]
+    due_set_at: datetime | None = ts_null()  # type: ignore[assignment]
 
 
-class Voidable(SQLModel):
-    """A record entered in error stays, marked void: it no longer counts (SPEC section 7)."""
-
-    voided_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)  # type: ignore[call-overload]
-    voided_by: str | None = Field(default=None, max_length=64)
-    void_reason: str | None = Field(default=None, max_length=400)
-
-
-_IN_FORCE = text("voided_at IS NULL")
+# What is defined where: loaded on first use.
+_LAZY = {
+    **dict.fromkeys(("Voidable", "Dose", "LabResult", "Decision", "EventMove", "Audit"), "models.records"),
+    **dict.fromkeys(("Outbox", "MailServer", "PassMark"), "models.outbox"),
+    "Alert": "models.alert",
+    "User": "models.user",
+}
 
 
-class Dose(Voidable, table=True):
-    """A dose given; one a day at most among the doses in force."""
-
-    __table_args__ = (
-        Index("ux_dose_patient_id_given_on_in_force", "patient_id", "given_on", unique=True,
-              sqlite_where=_IN_FORCE, postgresql_where=_IN_FORCE),
-    )
-    id: int | None = Field(default=None, primary_key=True)
-    patient_id: int = Field(foreign_key="patient.id")
-    event_key: str = Field(max_length=64)
-    given_on: date
-    recorded_by: str = Field(max_length=64)
-    recorded_at: datetime = _ts()  # type: ignore[assignment]
+def load_all() -> MetaData:
+    """Every table defined: the metadata migrations and ``create_all`` work with."""
+    for module in sorted(set(_LAZY.values())):
+        importlib.import_module(module)
+    return SQLModel.metadata
 
 
-class LabResult(Voidable, table=True):
-    __tablename__ = "lab_result"  # type: ignore[assignment]
-
-    id: int | None = Field(default=None, primary_key=True)
-    patient_id: int = Field(foreign_key="patient.id", index=True)
-    code: str = Field(max_length=32)
-    value: float | None = None
-    text: str | None = Field(default=None, max_length=32)
-    unit: str = Field(default="", max_length=32)
-    taken_on: date
-    order_key: str | None = Field(default=None, max_length=64)  # the lab order it completed
-    recorded_by: str = Field(max_length=64)
-    recorded_at: datetime = _ts()  # type: ignore[assignment]
+def __getattr__(name: str) -> Any:
+    if name == "metadata":
+        return load_all()
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
-class Decision(Voidable, table=True):
-    """A clinician's decision: review, end-loading, confirm-response, switch, discharge."""
+if TYPE_CHECKING:
+    from models.alert import Alert as Alert
+    from models.outbox import MailServer as MailServer
+    from models.outbox import Outbox as Outbox
+    from models.outbox import PassMark as PassMark
+    from models.records import Audit as Audit
+    from models.records import Decision as Decision
+    from models.records import Dose as Dose
+    from models.records import EventMove as EventMove
+    from models.records import LabResult as LabResult
+    from models.records import Voidable as Voidable
+    from models.user import User as User
 
-    id: int | None = Field(default=None, primary_key=True)
-    patient_id: int = Field(foreign_key="patient.id", index=True)
-    kind: str = Field(max_length=32)
-    on: date
-    note: str | None = Field(default=None, max_length=400)
-    recorded_by: str = Field(max_length=64)
-    recorded_at: datetime = _ts()  # type: ignore[assignment]
-
-
-class EventMove(SQLModel, table=True):
-    """A planned event moved to another day (``cobalt move``); the latest move counts."""
-
-    __tablename__ = "event_move"  # type: ignore[assignment]
-
-    id: int | None = Field(default=None, primary_key=True)
-    patient_id: int = Field(foreign_key="patient.id", index=True)
-    event_key: str = Field(max_length=64)
-    moved_from: date
-    moved_to: date
-    reason: str | None = Field(default=None, max_length=400)
-    recorded_by: str = Field(max_length=64)
-    recorded_at: datetime = _ts()  # type: ignore[assignment]
-
-
-class Audit(SQLModel, table=True):
-    """Every change: what, when, by whom. Details name records, not clinical values."""
-
-    id: int | None = Field(default=None, primary_key=True)
-    at: datetime = _ts()  # type: ignore[assignment]
-    actor: str = Field(max_length=64)
-    action: str = Field(max_length=32)
-    patient_id: int | None = Field(default=None, foreign_key="patient.id", index=True)
-    detail: str = Field(default="", max_length=2000)
-
-
-class Outbox(SQLModel, table=True):
-    """A message decided by a pass: rendered, queued, then sent once.
-
-    ``dedupe_key`` is unique per (event, message kind, recipient), or per (day,
-    digest, recipient), so no pass in any process can queue a message twice. A
-    sender claims a row (``status = 'sending'`` until ``claimed_until``) with a
-    conditional UPDATE; a claim that expires is taken over by the next pass.
-    """
-
-    __table_args__ = (
-        UniqueConstraint("dedupe_key"),
-        Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
-        Index("ix_outbox_event_id_kind", "event_id", "kind"),
-        Index("ix_outbox_kind_event_due_event_id", "kind", "event_due", "event_id"),  # what patients were told
-        Index("ix_outbox_status_reported", "status", "reported"),  # the digest's failed and not sent
-    )
-    id: int | None = Field(default=None, primary_key=True)
-    dedupe_key: str = Field(max_length=200)
-    kind: str = Field(max_length=32)
-    recipient: str = Field(max_length=320)
-    patient_id: int | None = Field(default=None, foreign_key="patient.id")
-    event_id: int | None = None  # no foreign key: a replan may drop the event
-    event_due: date | None = None  # the due date the message speaks of
-    message_id: str = Field(max_length=200)
-    subject: str = Field(max_length=400)
-    body_text: str = Field(sa_column=Column(Text, nullable=False))
-    body_html: str = Field(sa_column=Column(Text, nullable=False))
-    status: str = Field(default="queued", max_length=16)  # queued|sending|sent|failed|skipped
-    attempts: int = 0
-    next_attempt_at: datetime = _ts()  # type: ignore[assignment]
-    not_after: datetime | None = _ts_null()  # type: ignore[assignment]  # stale after this
-    claimed_until: datetime | None = _ts_null()  # type: ignore[assignment]
-    claimed_by: str | None = Field(default=None, max_length=64)
-    last_error: str | None = Field(default=None, max_length=400)
-    reported: bool = False  # a failure listed in a clinic digest
-    created_at: datetime = _ts()  # type: ignore[assignment]
-    sent_at: datetime | None = _ts_null()  # type: ignore[assignment]
-
-
-class MailServer(SQLModel, table=True):
-    """What every sender knows about the mail server (SMTP, or the outbox folder).
-
-    A connection-level failure (refused, a timeout, a 421 or 4xx greeting, a
-    refused login) is the server's, not a message's: it is counted here, and no
-    sender tries the server again before ``next_probe_at`` (a back-off with a
-    ceiling of a few minutes). The first pass that reaches it again resets this.
-    """
-
-    __tablename__ = "mail_server"
-    name: str = Field(primary_key=True, max_length=64)
-    failures: int = 0  # connection-level failures in a row
-    down_since: datetime | None = _ts_null()  # type: ignore[assignment]
-    next_probe_at: datetime | None = _ts_null()  # type: ignore[assignment]
-    last_error: str | None = Field(default=None, max_length=400)
-class PassMark(SQLModel, table=True):
-    """How far the passes got: ``day`` is the last clinic day whose patient messages
-    were decided at or after ``send_time``, so the next pass knows which days a
-    downtime passed over."""
-
-    __tablename__ = "pass_mark"  # type: ignore[assignment]
-
-    name: str = Field(primary_key=True, max_length=32)
-    day: date
-    at: datetime = _ts()  # type: ignore[assignment]
-
-
-from models.alert import Alert  # noqa: E402,F401
-from models.user import User  # noqa: E402,F401
+    metadata: MetaData

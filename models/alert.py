@@ -13,17 +13,16 @@ it may come later than the acknowledgement). A row with ``cleared_at`` set is
 history: if the condition is raised again, that is a new row.
 """
 
-from __future__ import annotations
-
 from datetime import date, datetime
 
 from sqlalchemy import Column, Index
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field
 
+from models import TableModel
 from models.types import UTCDateTime, utcnow
 
 
-class Alert(SQLModel, table=True):
+class Alert(TableModel, table=True):
     __table_args__ = (Index("ix_alert_status_severity", "status", "severity"),)
 
     id: int | None = Field(default=None, primary_key=True)

@@ -4,17 +4,16 @@ A password is stored only as an argon2 hash. ``failed_logins`` counts wrong
 passwords in a row; the fifth sets ``locked_until`` (see ``scheduler.users``).
 """
 
-from __future__ import annotations
-
 from datetime import datetime
 
 from sqlalchemy import Column
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field
 
+from models import TableModel
 from models.types import UTCDateTime, utcnow
 
 
-class User(SQLModel, table=True):
+class User(TableModel, table=True):
     __tablename__ = "app_user"  # type: ignore[assignment]  # "user" is reserved in PostgreSQL
 
     id: int | None = Field(default=None, primary_key=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import gettext
 import importlib
 import os
@@ -137,6 +138,7 @@ class App:
 
             self._engine = db.make_engine(self.settings.database_url)
             db.ensure_schema(self._engine)
+            _start_up_done()
         return self._engine
 
     def close(self) -> None:
@@ -177,6 +179,7 @@ def cmd_db(app: App) -> None:
     from scheduler import db
 
     engine = db.make_engine(app.settings.database_url)
+    _start_up_done()
     try:
         if app.args.db_command == "upgrade":
             db.upgrade(engine, "head")
@@ -623,6 +626,23 @@ def run(argv: Sequence[str] | None = None) -> int:
             app.close()
 
 
+# Start-up (the imports, the table classes, the settings) allocates a great deal and
+# frees almost nothing: the cyclic garbage collector's passes over it are wasted work
+# (a tenth of `cobalt due`). A command run from the console script starts with the
+# collector paused; it resumes once the database is open, with what start-up built
+# frozen (never scanned again: it lives as long as the process). `run()` called
+# in-process, as the tests do, leaves the collector alone.
+_gc_paused = False
+
+
+def _start_up_done() -> None:
+    global _gc_paused
+    if _gc_paused:
+        _gc_paused = False
+        gc.freeze()
+        gc.enable()
+
+
 def _is_database_error(exc: BaseException) -> bool:
     """A SQLAlchemy error, checked without importing SQLAlchemy for commands that never loaded it."""
     sa_exc = sys.modules.get("sqlalchemy.exc")
@@ -630,4 +650,8 @@ def _is_database_error(exc: BaseException) -> bool:
 
 
 def main() -> NoReturn:
+    global _gc_paused
+    if gc.isenabled():
+        gc.disable()
+        _gc_paused = True
     sys.exit(run())

@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlmodel import Session
 
-import models  # noqa: F401  (the tables must be known to the metadata)
+import models  # noqa: F401  (the plan's tables; the others are defined on first use)
 from scheduler.errors import CobaltError, ConfigError, SchemaOutOfDate
 
 if TYPE_CHECKING:

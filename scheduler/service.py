@@ -13,14 +13,14 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import case, func, or_
 from sqlalchemy import select as sa_select
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
-from models import Audit, Decision, Dose, Event, EventMove, LabResult, Patient, Regimen
+from models import Event, Patient, Regimen
 from models.types import utcnow
 from scheduler import domain, labs
 from scheduler.alerts import DEFAULT_POLICY, AlertPolicy, is_pernicious, renal_dysfunction
@@ -41,6 +41,9 @@ from scheduler.store import (
     replan,
 )
 from scheduler.validation import check_email as valid_email
+
+if TYPE_CHECKING:  # defined on first use (models.records): a read command may never load them
+    from models import Decision, Dose, LabResult
 
 # Clinic policy: a planned start further ahead than this is taken for a typo.
 START_AT_MOST_DAYS_AHEAD = 366
@@ -232,6 +235,8 @@ def enroll(
     hb: float | None = None, maintenance_months: int | None = None, on_folic_acid: bool = False,
     phone: str | None = None,
 ) -> Patient:
+    from models import LabResult
+
     new = check_enrolment(
         ctx, mrn=mrn, name=name, email=email, protocol=protocol, start=start, neuro=neuro,
         renal_impairment=renal_impairment, egfr=egfr, platelets=platelets, hb=hb,
@@ -315,6 +320,8 @@ def give(session: Session, ctx: Context, mrn: str, on: date | None = None, *, ea
     A dose more than the clinic's early window before its due date is refused
     unless ``early`` says it is meant.
     """
+    from models import Dose
+
     on, patient, record, regimen = _open(session, ctx, mrn, on, "a dose")
     event: Event = check_dose(
         ctx, mrn, on, regimen_number=regimen.number, regimen_start=regimen.start,
@@ -385,6 +392,8 @@ def record_lab(
 ) -> Event | None:
     """Record results; complete the named open order, else the open one nearest ``on``
     among those that ask for one of the tests."""
+    from models import LabResult
+
     on = on or ctx.today
     parsed = check_results(results)
     codes = [code for code, _, _ in parsed]
@@ -417,6 +426,8 @@ def record_lab(
 
 def _decide(session: Session, ctx: Context, patient: Patient, kind: DecisionKind, on: date,
             note: str | None = None) -> None:
+    from models import Decision
+
     session.add(Decision(patient_id=_id(patient), kind=kind.value, on=on, note=note,
                          recorded_by=ctx.actor))
     audit(session, ctx.actor, kind.value, patient, on=on, **({"reason": note} if note else {}))
@@ -511,6 +522,8 @@ def set_opt_out(session: Session, ctx: Context, mrn: str, opted_out: bool) -> bo
 def switch(session: Session, ctx: Context, mrn: str, protocol: str, on: date | None = None,
            maintenance_months: int | None = None) -> Regimen:
     """Move to another protocol from ``on``: as if enrolled then; labs keep their anchor."""
+    from models import Decision
+
     chosen = get_protocol(protocol)
     months = check_maintenance_months(
         chosen, maintenance_months if maintenance_months is not None else chosen.default_maintenance_months
@@ -734,6 +747,8 @@ def _completing_records(record: PatientRecord, event: Event) -> list[Dose | LabR
 def void_record(session: Session, ctx: Context, mrn: str, event_id: int, reason: str) -> Event:
     """The record that completed ``event_id`` was entered in error: it stays, marked
     void, and no longer counts; the patient is replanned as if it had never been made."""
+    from models import Decision, LabResult
+
     reason = reason.strip()
     if not reason:
         raise BadInput("--reason must not be empty: say why the record is void")
@@ -775,6 +790,8 @@ def void_record(session: Session, ctx: Context, mrn: str, event_id: int, reason:
 
 
 def _record_kind(row: Dose | LabResult | Decision) -> str:
+    from models import Dose, LabResult
+
     if isinstance(row, Dose):
         return "dose"
     if isinstance(row, LabResult):
@@ -787,6 +804,8 @@ def move_event(session: Session, ctx: Context, mrn: str, event_id: int, to: date
     """A planned dose, lab order or review is moved to ``to`` (the patient cannot come
     on its day); the doses after it count from ``to``. Refused for an event that is
     done, cancelled or held, for a day in the past or a closed day."""
+    from models import EventMove
+
     reason = (reason or "").strip() or None
     patient = get_patient(session, mrn, for_update=True)
     check_active(patient)
@@ -846,6 +865,8 @@ def audit_trail(session: Session, *, mrn: str | None = None, since: date | None 
                 tz: tzinfo = UTC) -> list[dict[str, Any]]:
     """The audit trail, newest first: ``at``, ``by``, ``action``, ``mrn``, ``details``
     (old and new values, the reason). ``since`` is a day in ``tz`` (the clinic's)."""
+    from models import Audit
+
     query = (
         select(Audit, Patient.mrn).join(Patient, col(Patient.id) == col(Audit.patient_id), isouter=True)
         .order_by(col(Audit.at).desc(), col(Audit.id).desc())

@@ -12,13 +12,13 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, delete, update
 from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
-from models import Audit, Decision, Dose, Event, EventMove, LabResult, Patient, Regimen
+from models import Event, Patient, Regimen
 from models.types import utcnow
 from scheduler import domain
 from scheduler.alerts import DEFAULT_POLICY, AlertPolicy, extra_lab_orders
@@ -27,6 +27,9 @@ from scheduler.db import chunked, insert_rows
 from scheduler.errors import NotFound
 from scheduler.planning import PLAN_AHEAD_MONTHS, add_months, horizon, plan, spread_offset
 from scheduler.protocols import PROTOCOLS
+
+if TYPE_CHECKING:  # defined on first use (models.records): a read command may never load them
+    from models import Decision, Dose, EventMove, LabResult
 
 
 def get_patient(session: Session, mrn: str, *, for_update: bool = False) -> Patient:
@@ -45,6 +48,8 @@ def audit_detail(**detail: Any) -> str:
 
 
 def audit(session: Session, actor: str, action: str, patient: Patient | None, **detail: Any) -> None:
+    from models import Audit
+
     session.add(Audit(
         actor=actor, action=action, patient_id=patient.id if patient else None,
         detail=audit_detail(**detail),
@@ -129,6 +134,8 @@ def order_label(order_key: str | None) -> str | None:
 
 def load_records(session: Session, patients: Sequence[Patient]) -> list[PatientRecord]:
     """The records of a batch of patients: one query per table."""
+    from models import Decision, Dose, EventMove, LabResult
+
     records = {p.id: PatientRecord(p) for p in patients}
     ids = list(records)
     if not ids:
@@ -335,6 +342,8 @@ class PlanWriter:
         self.inserts.setdefault((table, tuple(values)), []).append(tuple(values.values()))
 
     def audit(self, action: str, patient_id: int | None, **detail: Any) -> None:
+        from models import Audit
+
         self.add(Audit, at=self.now, actor=self.actor, action=action, patient_id=patient_id,
                  detail=audit_detail(**detail))
 
@@ -411,6 +420,8 @@ def load_states(session: Session, where: Any) -> list[PatientRecord]:
     records = {state.id: PatientRecord(state) for state in states}  # type: ignore[arg-type]
     ids = list(records)
     if ids:
+        from models import Decision, Dose, EventMove, LabResult
+
         tables: tuple[tuple[Any, str], ...] = (
             (Regimen, "regimens"), (Dose, "doses"), (LabResult, "results"), (Decision, "decisions"),
             (Event, "events"), (EventMove, "moves"),

@@ -8,6 +8,10 @@ on a small database <= 1.3x `python -c "import sqlmodel"`. Run it against a
 cobalt installed from the wheel (`--cobalt /path/to/venv/bin/cobalt`) to measure
 what a clinic gets: an editable install adds its own import hook. Figures go in
 docs/benchmarks.md. Not a test: a timed test is flaky, a benchmark is read.
+
+Each figure is the median wall time, and (``*_cpu_ms``, ``*_ratio_cpu``) the median
+CPU time (user + system) of the child: on a shared machine the wall times swing
+with the load, the CPU times much less.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -23,13 +28,17 @@ import time
 from pathlib import Path
 
 
-def median_seconds(argv: list[str], runs: int, cwd: str, env: dict[str, str]) -> float:
-    times = []
+def median_seconds(argv: list[str], runs: int, cwd: str, env: dict[str, str]) -> tuple[float, float]:
+    """The median wall time and the median CPU time (user + system) of ``runs`` runs."""
+    times, cpu = [], []
     for _ in range(runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         subprocess.run(argv, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return statistics.median(times), statistics.median(cpu)
 
 
 def main() -> int:
@@ -55,11 +64,16 @@ def main() -> int:
         }
         for argv in commands.values():  # warm the file cache
             subprocess.run(argv, cwd=folder, env=env, check=True, stdout=subprocess.DEVNULL)
-        ms = {name: 1000 * median_seconds(argv, args.runs, folder, env) for name, argv in commands.items()}
+        measured = {name: median_seconds(argv, args.runs, folder, env) for name, argv in commands.items()}
+    ms = {name: 1000 * wall for name, (wall, _) in measured.items()}
+    cpu_ms = {name: 1000 * cpu for name, (_, cpu) in measured.items()}
     figures = {
         **{f"{name}_ms": round(value, 1) for name, value in ms.items()},
+        **{f"{name}_cpu_ms": round(value, 1) for name, value in cpu_ms.items()},
         "help_ratio": round(ms["cobalt_help"] / ms["python_pass"], 2),
         "due_ratio": round(ms["cobalt_due"] / ms["import_sqlmodel"], 2),
+        "help_ratio_cpu": round(cpu_ms["cobalt_help"] / cpu_ms["python_pass"], 2),
+        "due_ratio_cpu": round(cpu_ms["cobalt_due"] / cpu_ms["import_sqlmodel"], 2),
     }
     for name, value in figures.items():
         print(f"{name:>20}: {value}")

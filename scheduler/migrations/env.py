@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from sqlmodel import SQLModel
-
-import models  # noqa: F401  (registers every table)
+import models
 from alembic import context
 from scheduler.config import load_settings
 from scheduler.db import make_engine
 
 config = context.config
-target_metadata = SQLModel.metadata
+target_metadata = models.load_all()  # every table, not only those a command has used
 
 
 def run_migrations_online() -> None:
