@@ -2,8 +2,7 @@
 environment, then defaults (SPEC section 3).
 
 Every setting is declared here once, with its type and its sane range
-(pydantic models; the layers are merged here, so pydantic-settings and its
-many sources are not imported at every start); a bad value is refused at start with one line naming the
+(pydantic-settings); a bad value is refused at start with one line naming the
 key (``[scheduler] max_attempts = -1: ...``), exit status 2. A new clinic
 setting is one line in ``ClinicSettings``.
 """
@@ -12,7 +11,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+import tomllib
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,6 +29,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from scheduler.clinic_calendar import ClinicCalendar, load_holidays, parse_open_days
 from scheduler.errors import ConfigError
@@ -162,11 +165,28 @@ class SchedulerSettings(_Section):
     outbox_keep_days: Annotated[int, Field(ge=1, le=36_500)] = 90  # then a sent message's body is cleared
 
 
-class Settings(BaseModel):
+_SOURCES: ContextVar[tuple[dict[str, Any], dict[str, Any]] | None] = ContextVar("cobalt_sources", default=None)
+
+
+class _Layer(PydanticBaseSettingsSource):
+    """One layer of settings already read into a dict (the file, or the environment)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self._data
+
+
+class Settings(BaseSettings):
     """Everything Cobalt is configured with. ``load_settings()`` reads it;
     ``Settings(...)`` alone is the defaults and what is passed in."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    model_config = SettingsConfigDict(frozen=True, extra="forbid")
 
     database_url: Annotated[Text, AfterValidator(_not_blank)] = DEFAULT_DATABASE_URL
     clinic: ClinicSettings = Field(default_factory=ClinicSettings)
@@ -183,6 +203,18 @@ class Settings(BaseModel):
 
         AlertPolicy.from_mapping(value)  # ConfigError (a ValueError) names the key
         return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        layers = _SOURCES.get()
+        if layers is None:
+            return (init_settings,)
+        environment, file = layers
+        return (init_settings, _Layer(settings_cls, environment), _Layer(settings_cls, file))
 
     @property
     def outbox_path(self) -> Path:
@@ -211,15 +243,13 @@ ENVIRONMENT = {
 }
 
 
-def _deep_update(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` with ``over`` laid on top, table by table (a key of ``over`` wins)."""
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(merged.get(key), dict) and isinstance(value, dict):
-            merged[key] = _deep_update(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+@contextmanager
+def _layers(environment: dict[str, Any], file: dict[str, Any]) -> Iterator[None]:
+    token = _SOURCES.set((environment, file))
+    try:
+        yield
+    finally:
+        _SOURCES.reset(token)
 
 
 def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
@@ -228,8 +258,6 @@ def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = N
     path = Path(environ.get("COBALT_CONFIG") or cwd / "cobalt.toml")
     file: dict[str, Any] = {}
     if path.exists():
-        import tomllib  # only when there is a file to read
-
         try:
             file = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as exc:
@@ -247,9 +275,8 @@ def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = N
             target[key] = environ[name]
             from_environment[(key,) if section is None else (section, key)] = name
     try:
-        # The environment over the file; base_dir is never read from either.
-        layered = _deep_update(_deep_update(file, environment), {"base_dir": path.parent if path.exists() else cwd})
-        return Settings.model_validate(layered)
+        with _layers(environment, file):
+            return Settings(base_dir=path.parent if path.exists() else cwd)
     except ValidationError as exc:
         raise ConfigError(_one_line(exc, from_environment)) from None
 
