@@ -52,8 +52,8 @@ def test_every_command_lists_its_own_options_when_it_is_the_one_run() -> None:
 
 
 # What the read path (`due`, `schedule`) has no use for: migrations, templates, e-mail
-# checks, the web app, the exports, the reminders, pydantic-settings.
-NOT_READ = ("alembic", "jinja2", "mako", "email_validator", "pydantic_settings", "dateutil", "apscheduler",
+# checks, the web app, the exports, the reminders.
+NOT_READ = ("alembic", "jinja2", "mako", "email_validator", "dateutil", "apscheduler",
             "holidays", "icalendar", "fhir", "rich", "fastapi", "starlette", "argon2", "psycopg",
             "scheduler.outbox", "scheduler.passes", "scheduler.mailer", "scheduler.importing")
 # The tables `due` does not read are not even defined; nor is the PostgreSQL dialect
