@@ -13,7 +13,7 @@ import importlib
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -308,8 +308,10 @@ def cmd_schedule(app: App) -> None:
 
 
 def cmd_due(app: App) -> None:
+    """The worklist, written as the rows arrive (a million patients' list is never held):
+    ``--json`` one item at a time; the text table in two reads of the list, the first
+    for the column widths and each patient's overdue groups, the second to print."""
     from scheduler import db, service
-    from scheduler.worklist import group_overdue
 
     on = app.args.on or app.today
     days = app.args.days or 0
@@ -320,29 +322,89 @@ def cmd_due(app: App) -> None:
     except OverflowError:
         raise BadInput(f"--days {days} reaches beyond the calendar") from None
     with db.transaction(app.engine) as session:
-        data = service.worklist_items(session, on=on, until=until)
+        if getattr(app.args, "json", False):
+            _due_json(service.worklist_items(session, on=on, until=until))
+        else:
+            _due_text(lambda: service.worklist_items(session, on=on, until=until), until)
 
-    def text() -> str:
-        if not data:
-            return f"nothing due on or before {until.isoformat()}"
-        lines = group_overdue(data)
-        rows = [[line["due"], "OVERDUE" if line["overdue"] else "due", line["mrn"], line["name"], line["what"],
-                 line["because"] if line["count"] == 1 else ""]
-                for line in lines]
-        out = [_table(rows, ["due", "", "mrn", "name", "what", "because"])]
-        alerted: dict[str, Any] = {}
-        for item in data:  # each patient's alerts once, not on every line
-            if item["alerts"] and item["mrn"] not in alerted:
-                alerted[item["mrn"]] = item
-        if alerted:
-            out.append("")
-            out.append("Open alerts")
-            for mrn, item in alerted.items():
-                codes = ", ".join(f"{a['code']} ({a['severity']})" for a in item["alerts"])
-                out.append(f"  {mrn} {item['name']}: {codes}")
-        return "\n".join(out)
 
-    app.out(data, text)
+def _due_json(items: Iterable[dict[str, Any]]) -> None:
+    """What ``print(json.dumps(items, indent=2, default=str))`` prints, an item at a time."""
+    import json
+
+    out = sys.stdout
+    first = True
+    for item in items:
+        text = json.dumps(item, indent=2, default=str).replace("\n", "\n  ")
+        out.write(("[\n  " if first else ",\n  ") + text)
+        first = False
+    out.write("[]\n" if first else "\n]\n")
+
+
+def _due_text(read: Callable[[], Iterable[dict[str, Any]]], until: date) -> None:
+    """The ``due`` table: a patient's overdue events of one kind and phase are one line
+    (``scheduler.worklist.group_overdue``), then each patient's open alerts once."""
+    from scheduler.worklist import overdue_summary, what
+
+    headers = ["due", "", "mrn", "name", "what", "because"]
+    widths = [len(h) for h in headers]
+    groups: dict[tuple[str, str, str], list[Any]] = {}  # (mrn, kind, phase) -> [count, first item, labels]
+    any_item = False
+
+    def widen(row: Sequence[str]) -> None:
+        for n, value in enumerate(row):
+            widths[n] = max(widths[n], len(value))
+
+    for item in read():  # first read: the widths, and the overdue groups
+        any_item = True
+        if item["overdue"]:
+            key = (item["mrn"], item["kind"], item["phase"])
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [1, _due_first(item), [item["label"]] if item["kind"] == "lab" else None]
+            else:
+                group[0] += 1
+                if group[2] is not None and item["label"] not in group[2]:
+                    group[2].append(item["label"])
+        else:
+            widen([item["due"], "due", item["mrn"], item["name"], what(item), item["because"]])
+    if not any_item:
+        print(f"nothing due on or before {until.isoformat()}")
+        return
+    lines: dict[tuple[str, str, str], tuple[str, str]] = {}  # (mrn, kind, phase) -> (what, because)
+    for key, (count, first, labels) in groups.items():
+        text = what(first) if count == 1 else overdue_summary(first, count, labels or [])
+        lines[key] = (text, first["because"] if count == 1 else "")
+        widen([first["due"], "OVERDUE", first["mrn"], first["name"], *lines[key]])
+    del groups
+    fmt = lambda row: "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=False)).rstrip()  # noqa: E731
+    out = sys.stdout
+    out.write(fmt(headers) + "\n" + fmt(["-" * w for w in widths]))
+    alerted: dict[str, str] = {}
+    done: set[tuple[str, str, str]] = set()
+    for item in read():  # second read: the lines, in the order of their first item
+        if item["alerts"] and item["mrn"] not in alerted:  # each patient's alerts once
+            codes = ", ".join(f"{a['code']} ({a['severity']})" for a in item["alerts"])
+            alerted[item["mrn"]] = f"  {item['mrn']} {item['name']}: {codes}"
+        if item["overdue"]:
+            key = (item["mrn"], item["kind"], item["phase"])
+            if key in done:
+                continue
+            done.add(key)
+            text, because = lines.get(key) or (what(item), item["because"])
+            row = [item["due"], "OVERDUE", item["mrn"], item["name"], text, because]
+        else:
+            row = [item["due"], "due", item["mrn"], item["name"], what(item), item["because"]]
+        out.write("\n" + fmt(row))
+    if alerted:
+        out.write("\n\nOpen alerts\n" + "\n".join(alerted.values()))
+    out.write("\n")
+
+
+def _due_first(item: dict[str, Any]) -> dict[str, Any]:
+    """What an overdue group keeps of its first item."""
+    keep = ("due", "mrn", "name", "kind", "phase", "label", "seq", "tests", "drug", "amount", "because")
+    return {k: item[k] for k in keep}
 
 
 def cmd_give(app: App) -> None:
