@@ -343,12 +343,17 @@ def _due_json(items: Iterable[dict[str, Any]]) -> None:
 
 def _due_text(read: Callable[[], Iterable[dict[str, Any]]], until: date) -> None:
     """The ``due`` table: a patient's overdue events of one kind and phase are one line
-    (``scheduler.worklist.group_overdue``), then each patient's open alerts once."""
+    (as ``scheduler.worklist.group_overdue`` makes them), then each patient's open
+    alerts once. Two reads of the list: the first keeps, per overdue group, its size
+    and what its line's width needs (a few hundred bytes, not the rows); the second
+    prints."""
     from scheduler.worklist import overdue_summary, what
 
     headers = ["due", "", "mrn", "name", "what", "because"]
     widths = [len(h) for h in headers]
-    groups: dict[tuple[str, str, str], list[Any]] = {}  # (mrn, kind, phase) -> [count, first item, labels]
+    # (mrn, kind, phase) -> [count, width of the first's what, of its because, lab labels, due, drug, amount];
+    # None once its line is printed
+    groups: dict[tuple[str, str, str], list[Any] | None] = {}
     any_item = False
 
     def widen(row: Sequence[str]) -> None:
@@ -358,40 +363,46 @@ def _due_text(read: Callable[[], Iterable[dict[str, Any]]], until: date) -> None
     for item in read():  # first read: the widths, and the overdue groups
         any_item = True
         if item["overdue"]:
-            key = (item["mrn"], item["kind"], item["phase"])
+            key = (item["mrn"], sys.intern(item["kind"]), sys.intern(item["phase"]))
             group = groups.get(key)
             if group is None:
-                groups[key] = [1, _due_first(item), [item["label"]] if item["kind"] == "lab" else None]
+                widen([item["due"], "OVERDUE", item["mrn"], item["name"]])
+                groups[key] = [1, len(what(item)), len(item["because"]),
+                               [str(item["label"])] if item["kind"] == "lab" else None,
+                               item["due"], item["drug"], item["amount"]]
             else:
                 group[0] += 1
-                if group[2] is not None and item["label"] not in group[2]:
-                    group[2].append(item["label"])
+                if group[3] is not None and str(item["label"]) not in group[3]:
+                    group[3].append(str(item["label"]))
         else:
             widen([item["due"], "due", item["mrn"], item["name"], what(item), item["because"]])
     if not any_item:
         print(f"nothing due on or before {until.isoformat()}")
         return
-    lines: dict[tuple[str, str, str], tuple[str, str]] = {}  # (mrn, kind, phase) -> (what, because)
-    for key, (count, first, labels) in groups.items():
-        text = what(first) if count == 1 else overdue_summary(first, count, labels or [])
-        lines[key] = (text, first["because"] if count == 1 else "")
-        widen([first["due"], "OVERDUE", first["mrn"], first["name"], *lines[key]])
-    del groups
+    for (_, kind, phase), group in groups.items():
+        assert group is not None
+        count, what_width, because_width, labels, due, drug, amount = group
+        if count > 1:
+            first = {"kind": kind, "phase": phase, "due": due, "drug": drug, "amount": amount}
+            what_width, because_width = len(overdue_summary(first, count, labels or [])), 0
+        widths[4], widths[5] = max(widths[4], what_width), max(widths[5], because_width)
     fmt = lambda row: "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=False)).rstrip()  # noqa: E731
     out = sys.stdout
     out.write(fmt(headers) + "\n" + fmt(["-" * w for w in widths]))
     alerted: dict[str, str] = {}
-    done: set[tuple[str, str, str]] = set()
     for item in read():  # second read: the lines, in the order of their first item
         if item["alerts"] and item["mrn"] not in alerted:  # each patient's alerts once
             codes = ", ".join(f"{a['code']} ({a['severity']})" for a in item["alerts"])
             alerted[item["mrn"]] = f"  {item['mrn']} {item['name']}: {codes}"
         if item["overdue"]:
             key = (item["mrn"], item["kind"], item["phase"])
-            if key in done:
-                continue
-            done.add(key)
-            text, because = lines.get(key) or (what(item), item["because"])
+            found = groups.get(key, [1, 0, 0, None])  # not there: changed since the first read
+            if found is None:
+                continue  # its line is printed
+            groups[key] = None
+            count, labels = found[0], found[3]
+            text, because = ((what(item), item["because"]) if count == 1
+                             else (overdue_summary(item, count, labels or []), ""))
             row = [item["due"], "OVERDUE", item["mrn"], item["name"], text, because]
         else:
             row = [item["due"], "due", item["mrn"], item["name"], what(item), item["because"]]
@@ -399,14 +410,6 @@ def _due_text(read: Callable[[], Iterable[dict[str, Any]]], until: date) -> None
     if alerted:
         out.write("\n\nOpen alerts\n" + "\n".join(alerted.values()))
     out.write("\n")
-
-
-def _due_first(item: dict[str, Any]) -> dict[str, Any]:
-    """What an overdue group keeps of its first item."""
-    keep = ("due", "mrn", "name", "kind", "phase", "label", "seq", "tests", "drug", "amount", "because")
-    return {k: item[k] for k in keep}
-
-
 def cmd_give(app: App) -> None:
     from scheduler import db, service
     from scheduler.store import event_json

@@ -92,12 +92,13 @@ def parse_page_key(text: str) -> tuple[date, str, str, int, int]:
 
 
 def worklist(session: Session, on: date, days: int, after: str | None = None,
-             page: int = WORKLIST_PAGE) -> Worklist:
+             page: int | None = None) -> Worklist:
     """The CLI's ``due`` list (``service.worklist_items``, overdue events grouped as the
     CLI groups them), split into overdue (a row per patient), due today and coming up
     (a row per patient and day); ``page`` events at most, from after ``after``
     (``page_key``), with how many more there are."""
     until = on + timedelta(days=days)
+    page = page or WORKLIST_PAGE
     start = parse_page_key(after) if after else None
     items = list(service.worklist_items(session, on=on, until=until, after=start, limit=page + 1))
     more, next_after = 0, None
