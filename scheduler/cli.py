@@ -14,7 +14,7 @@ import importlib
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -311,8 +311,10 @@ def cmd_schedule(app: App) -> None:
 
 
 def cmd_due(app: App) -> None:
+    """The worklist, written as the rows arrive (a million patients' list is never held):
+    ``--json`` one item at a time; the text table in two reads of the list, the first
+    for the column widths and each patient's overdue groups, the second to print."""
     from scheduler import db, service
-    from scheduler.worklist import group_overdue
 
     on = app.args.on or app.today
     days = app.args.days or 0
@@ -323,31 +325,94 @@ def cmd_due(app: App) -> None:
     except OverflowError:
         raise BadInput(f"--days {days} reaches beyond the calendar") from None
     with db.transaction(app.engine) as session:
-        data = service.worklist_items(session, on=on, until=until)
-
-    def text() -> str:
-        if not data:
-            return f"nothing due on or before {until.isoformat()}"
-        lines = group_overdue(data)
-        rows = [[line["due"], "OVERDUE" if line["overdue"] else "due", line["mrn"], line["name"], line["what"],
-                 line["because"] if line["count"] == 1 else ""]
-                for line in lines]
-        out = [_table(rows, ["due", "", "mrn", "name", "what", "because"])]
-        alerted: dict[str, Any] = {}
-        for item in data:  # each patient's alerts once, not on every line
-            if item["alerts"] and item["mrn"] not in alerted:
-                alerted[item["mrn"]] = item
-        if alerted:
-            out.append("")
-            out.append("Open alerts")
-            for mrn, item in alerted.items():
-                codes = ", ".join(f"{a['code']} ({a['severity']})" for a in item["alerts"])
-                out.append(f"  {mrn} {item['name']}: {codes}")
-        return "\n".join(out)
-
-    app.out(data, text)
+        if getattr(app.args, "json", False):
+            _due_json(service.worklist_items(session, on=on, until=until))
+        else:
+            _due_text(lambda: service.worklist_items(session, on=on, until=until), until)
 
 
+def _due_json(items: Iterable[dict[str, Any]]) -> None:
+    """What ``print(json.dumps(items, indent=2, default=str))`` prints, an item at a time."""
+    import json
+
+    out = sys.stdout
+    first = True
+    for item in items:
+        text = json.dumps(item, indent=2, default=str).replace("\n", "\n  ")
+        out.write(("[\n  " if first else ",\n  ") + text)
+        first = False
+    out.write("[]\n" if first else "\n]\n")
+
+
+def _due_text(read: Callable[[], Iterable[dict[str, Any]]], until: date) -> None:
+    """The ``due`` table: a patient's overdue events of one kind and phase are one line
+    (as ``scheduler.worklist.group_overdue`` makes them), then each patient's open
+    alerts once. Two reads of the list: the first keeps, per overdue group, its size
+    and what its line's width needs (a few hundred bytes, not the rows); the second
+    prints."""
+    from scheduler.worklist import overdue_summary, what
+
+    headers = ["due", "", "mrn", "name", "what", "because"]
+    widths = [len(h) for h in headers]
+    # (mrn, kind, phase) -> [count, width of the first's what, of its because, lab labels, due, drug, amount];
+    # None once its line is printed
+    groups: dict[tuple[str, str, str], list[Any] | None] = {}
+    any_item = False
+
+    def widen(row: Sequence[str]) -> None:
+        for n, value in enumerate(row):
+            widths[n] = max(widths[n], len(value))
+
+    for item in read():  # first read: the widths, and the overdue groups
+        any_item = True
+        if item["overdue"]:
+            key = (item["mrn"], sys.intern(item["kind"]), sys.intern(item["phase"]))
+            group = groups.get(key)
+            if group is None:
+                widen([item["due"], "OVERDUE", item["mrn"], item["name"]])
+                groups[key] = [1, len(what(item)), len(item["because"]),
+                               [str(item["label"])] if item["kind"] == "lab" else None,
+                               item["due"], item["drug"], item["amount"]]
+            else:
+                group[0] += 1
+                if group[3] is not None and str(item["label"]) not in group[3]:
+                    group[3].append(str(item["label"]))
+        else:
+            widen([item["due"], "due", item["mrn"], item["name"], what(item), item["because"]])
+    if not any_item:
+        print(f"nothing due on or before {until.isoformat()}")
+        return
+    for (_, kind, phase), group in groups.items():
+        assert group is not None
+        count, what_width, because_width, labels, due, drug, amount = group
+        if count > 1:
+            first = {"kind": kind, "phase": phase, "due": due, "drug": drug, "amount": amount}
+            what_width, because_width = len(overdue_summary(first, count, labels or [])), 0
+        widths[4], widths[5] = max(widths[4], what_width), max(widths[5], because_width)
+    fmt = lambda row: "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=False)).rstrip()  # noqa: E731
+    out = sys.stdout
+    out.write(fmt(headers) + "\n" + fmt(["-" * w for w in widths]))
+    alerted: dict[str, str] = {}
+    for item in read():  # second read: the lines, in the order of their first item
+        if item["alerts"] and item["mrn"] not in alerted:  # each patient's alerts once
+            codes = ", ".join(f"{a['code']} ({a['severity']})" for a in item["alerts"])
+            alerted[item["mrn"]] = f"  {item['mrn']} {item['name']}: {codes}"
+        if item["overdue"]:
+            key = (item["mrn"], item["kind"], item["phase"])
+            found = groups.get(key, [1, 0, 0, None])  # not there: changed since the first read
+            if found is None:
+                continue  # its line is printed
+            groups[key] = None
+            count, labels = found[0], found[3]
+            text, because = ((what(item), item["because"]) if count == 1
+                             else (overdue_summary(item, count, labels or []), ""))
+            row = [item["due"], "OVERDUE", item["mrn"], item["name"], text, because]
+        else:
+            row = [item["due"], "due", item["mrn"], item["name"], what(item), item["because"]]
+        out.write("\n" + fmt(row))
+    if alerted:
+        out.write("\n\nOpen alerts\n" + "\n".join(alerted.values()))
+    out.write("\n")
 def cmd_give(app: App) -> None:
     from scheduler import db, service
     from scheduler.store import event_json

@@ -154,6 +154,10 @@ class SchedulerSettings(_Section):
     pass_every_seconds: Seconds = 60
     misfire_grace_seconds: Seconds = 3600
     batch_size: Annotated[int, Field(ge=1, le=10_000)] = 200  # outbox rows one sender claims at a time
+    # Senders a pass runs side by side (threads; each claims its own batches, SKIP
+    # LOCKED on PostgreSQL, and keeps its own mail connection; on SQLite their writes
+    # take turns). A process killed mid-batch may send one message twice per sender.
+    senders: Annotated[int, Field(ge=1, le=32)] = 1
     # A sender's lease on the rows it claimed; renewed while it works, so a dead
     # sender's rows are taken over this long after it died (docs/faults.md).
     claim_seconds: Annotated[int, Field(ge=3, le=3600)] = 20

@@ -34,8 +34,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
+from email.policy import EmailPolicy
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from scheduler.errors import CobaltError
 from scheduler.messages import Message
@@ -55,16 +56,67 @@ class ServerUnavailable(TemporarySendError):
     """The server cannot be reached or will not talk now: no fault of the message."""
 
 
-def build(message: Message, sender: str, *, sender_name: str = "", reply_to: str = "") -> EmailMessage:
-    """``to_email``, with any failure of the email library (a malformed address
-    that slipped in before addresses were checked) as a ``PermanentSendError``
-    whose text names no address."""
+def build(message: Message, sender: str, *, sender_name: str = "", reply_to: str = "",
+          linesep: str = "\n") -> bytes:
+    """``to_email`` written out once, with ``linesep`` ("\\r\\n" for SMTP, as
+    ``smtplib.SMTP.send_message`` writes it), with any failure of the email library
+    (a malformed address that slipped in before addresses were checked) as a
+    ``PermanentSendError`` whose text names no address."""
     try:
         mail = to_email(message, sender, sender_name=sender_name, reply_to=reply_to)
-        mail.as_bytes()  # some header problems only show when the message is written
+        return mail.as_bytes(policy=mail.policy.clone(linesep=linesep))  # header problems show here
     except Exception as exc:
         raise PermanentSendError(f"cannot build the message ({type(exc).__name__}): check the address") from exc
-    return mail
+
+
+# Headers that are the same on every message (or on many): parsed and folded once,
+# not once a message, which is most of the time a message takes to build.
+_SAME_HEADERS = frozenset({"from", "reply-to", "auto-submitted", "x-cobalt-kind", "mime-version",
+                           "content-transfer-encoding", "content-disposition"})
+_CACHE_LIMIT = 1024
+
+
+class _Policy(EmailPolicy):
+    """``email.policy.default`` that remembers the headers in ``_SAME_HEADERS``: the
+    parsed header for a (name, text), and its folded bytes for a policy's line
+    settings. What it writes is what ``default`` writes."""
+
+    _parsed: dict[tuple[str, str], Any] = {}
+    _folded: dict[tuple[str, str, str, int | None, bool], bytes] = {}
+
+    def header_store_parse(self, name: str, value: Any) -> tuple[str, Any]:
+        if type(value) is not str or name.lower() not in _SAME_HEADERS:
+            return super().header_store_parse(name, value)  # type: ignore[no-any-return]
+        key = (name, value)
+        found = self._parsed.get(key)
+        if found is None:
+            found = super().header_store_parse(name, value)
+            if len(self._parsed) >= _CACHE_LIMIT:
+                self._parsed.clear()
+            self._parsed[key] = found
+        return found  # type: ignore[no-any-return]
+
+    def fold_binary(self, name: str, value: Any) -> bytes:
+        if name.lower() not in _SAME_HEADERS or not hasattr(value, "name"):
+            return super().fold_binary(name, value)  # type: ignore[no-any-return]
+        key = (name, str(value), self.linesep, self.max_line_length, self.utf8)
+        found = self._folded.get(key)
+        if found is None:
+            found = super().fold_binary(name, value)
+            if len(self._folded) >= _CACHE_LIMIT:
+                self._folded.clear()
+            self._folded[key] = found
+        return found
+
+
+_POLICY = _Policy()
+
+
+def to_email_checked(message: Message, sender: str, *, sender_name: str = "",
+                     reply_to: str = "") -> EmailMessage:
+    """``to_email``, checked as ``build`` checks it."""
+    build(message, sender, sender_name=sender_name, reply_to=reply_to)
+    return to_email(message, sender, sender_name=sender_name, reply_to=reply_to)
 
 
 def to_email(message: Message, sender: str, *, date: datetime | None = None, sender_name: str = "",
@@ -74,7 +126,7 @@ def to_email(message: Message, sender: str, *, date: datetime | None = None, sen
     ``sender_name`` (the clinic's name) is From's display name; ``reply_to`` is
     where a patient's reply goes (the clinic's address).
     """
-    mail = EmailMessage()
+    mail = EmailMessage(policy=_POLICY)
     mail["From"] = _with_name(sender, sender_name)
     if reply_to and reply_to.isprintable() and " " not in reply_to:
         mail["Reply-To"] = reply_to
@@ -178,16 +230,25 @@ class SmtpSession:
         self._connection: smtplib.SMTP | None = None
 
     def send(self, message: Message) -> None:
-        mail = build(message, self._mailer.sender, sender_name=self._mailer.sender_name,
-                     reply_to=self._mailer.reply_to)
+        sender = self._mailer.sender
+        international = not (sender.isascii() and message.to.isascii())
+        # Written once (``send_message`` would write it again); an address that needs
+        # SMTPUTF8 goes through ``send_message``, which asks the server for it.
+        if international:
+            mail = to_email_checked(message, sender, sender_name=self._mailer.sender_name,
+                                    reply_to=self._mailer.reply_to)
+        else:
+            data = build(message, sender, sender_name=self._mailer.sender_name, reply_to=self._mailer.reply_to,
+                         linesep="\r\n")
         error: TemporarySendError | PermanentSendError
         cause: BaseException | None = None
         try:
             if self._connection is None:
                 self._connection = self._mailer.connect()
-            refused = self._connection.send_message(
-                mail, from_addr=self._mailer.sender, to_addrs=[message.to]
-            )
+            if international:
+                refused = self._connection.send_message(mail, from_addr=sender, to_addrs=[message.to])
+            else:
+                refused = self._connection.sendmail(sender, [message.to], data)
         except TemporarySendError as exc:
             error, cause = exc, exc.__cause__
         except smtplib.SMTPRecipientsRefused as exc:
@@ -283,7 +344,7 @@ class FileMailer:
 
     def send(self, message: Message) -> None:
         target = self.path_for(message)
-        data = build(message, self.sender, sender_name=self.sender_name, reply_to=self.reply_to).as_bytes()
+        data = build(message, self.sender, sender_name=self.sender_name, reply_to=self.reply_to)
         try:
             self.outbox_dir.mkdir(parents=True, exist_ok=True)
             fd, temp_name = tempfile.mkstemp(dir=self.outbox_dir, prefix=".", suffix=".tmp")

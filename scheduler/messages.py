@@ -143,6 +143,9 @@ class Templates:
         self.path = Path(path)
         self._text = self._environment(autoescape=False)
         self._html = self._environment(autoescape=True)
+        # Each template compiled once for this object's life (a pass makes its own, so an
+        # edited template is read by the next pass); not looked up and stat'ed per message.
+        self._compiled: dict[tuple[bool, str], jinja2.Template] = {}
 
     def _environment(self, *, autoescape: bool) -> jinja2.Environment:
         env = jinja2.Environment(
@@ -152,6 +155,7 @@ class Templates:
             keep_trailing_newline=True,
             trim_blocks=True,
             lstrip_blocks=True,
+            auto_reload=False,  # a Templates object lives for a pass: no stat of every file per message
         )
         env.filters["longdate"] = longdate
         env.filters["shortdate"] = shortdate
@@ -163,19 +167,23 @@ class Templates:
         """Render the subject (one line), text and HTML of ``kind`` for ``to``."""
         if kind not in KINDS:
             raise TemplateError(f"unknown message kind {kind!r}; known: {', '.join(KINDS)}")
-        subject = self._render(self._text, kind, "subject.txt", context)
+        values = dict(context)
+        subject = self._render(False, kind, "subject.txt", values)
         return Message(
             kind=kind,
             to=to,
             subject=" ".join(subject.split()),
-            text=self._render(self._text, kind, "body.txt", context),
-            html=self._render(self._html, kind, "body.html", context),
+            text=self._render(False, kind, "body.txt", values),
+            html=self._render(True, kind, "body.html", values),
             message_id=message_id,
         )
 
-    @staticmethod
-    def _render(env: jinja2.Environment, kind: str, name: str, context: Mapping[str, Any]) -> str:
+    def _render(self, html: bool, kind: str, name: str, context: dict[str, Any]) -> str:
+        path = f"{kind}/{name}"
         try:
-            return env.get_template(f"{kind}/{name}").render(dict(context))
+            template = self._compiled.get((html, path))
+            if template is None:
+                template = self._compiled[(html, path)] = (self._html if html else self._text).get_template(path)
+            return template.render(context)
         except jinja2.TemplateError as exc:
-            raise TemplateError(f"{kind}/{name}: {exc}") from exc
+            raise TemplateError(f"{path}: {exc}") from exc

@@ -47,7 +47,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from time import monotonic
 from typing import Any
 
-from sqlalchemy import Engine, and_, exists, func, or_, tuple_, update
+from sqlalchemy import Engine, and_, exists, func, or_, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
@@ -65,7 +65,7 @@ from scheduler.mailer import (
     TemporarySendError,
 )
 from scheduler.messages import PATIENT_KINDS, Message, Templates, make_message_id
-from scheduler.safety import list_open_alerts, mark_notified, pending_urgent_alerts
+from scheduler.safety import list_open_alerts, mark_notified, open_alert_count, pending_urgent_alerts
 from scheduler.store import drug_of, regimen_drugs
 from scheduler.worklist import group_overdue
 
@@ -189,9 +189,10 @@ class _Draft:
 
 def _insert(session: Session, templates: Templates, settings: Settings, drafts: Iterable[_Draft],
             now: datetime) -> int:
-    rows = []
+    rows: list[dict[str, Any]] = []
+    domain = _domain(settings)
     for d in drafts:
-        message_id = make_message_id(d.dedupe_key, _domain(settings))
+        message_id = make_message_id(d.dedupe_key, domain)
         msg = templates.render(d.kind, d.context, to=d.recipient, message_id=message_id)
         rows.append({
             "dedupe_key": d.dedupe_key, "kind": d.kind, "recipient": d.recipient,
@@ -202,10 +203,22 @@ def _insert(session: Session, templates: Templates, settings: Settings, drafts: 
         })
     if not rows:
         return 0
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(Outbox).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(col(Outbox.id))
+    if session.get_bind().dialect.name == "postgresql":
+        # One executemany (psycopg sends it as a pipeline), 2-4x faster here than the
+        # batched INSERT ... RETURNING; its row count is the rows ON CONFLICT kept.
+        for row in rows:
+            row["next_attempt_at"] = row["created_at"] = now.astimezone(UTC)
+            row["not_after"] = row["not_after"].astimezone(UTC) if row["not_after"] else None
+        return int(session.connection().execute(_PG_INSERT, rows).rowcount)
+    stmt = sqlite.insert(Outbox).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(col(Outbox.id))
     return len(session.connection().execute(stmt, rows).all())
+
+
+_OUTBOX_COLUMNS = ("dedupe_key", "kind", "recipient", "patient_id", "event_id", "event_due", "message_id",
+                   "subject", "body_text", "body_html", "status", "attempts", "next_attempt_at", "not_after",
+                   "reported", "created_at")
+_PG_INSERT = text(f"INSERT INTO outbox ({', '.join(_OUTBOX_COLUMNS)}) "
+                  f"VALUES ({', '.join(':' + c for c in _OUTBOX_COLUMNS)}) ON CONFLICT (dedupe_key) DO NOTHING")
 
 
 def _not_queued(kind: str, recipient: Any) -> Any:
@@ -657,8 +670,9 @@ def _digest(session: Session, clock: Clock, templates: Templates) -> int:
     ))
     alerts = [
         {**a, "since": date.fromisoformat(a["since"]) if isinstance(a["since"], str) else a["since"]}
-        for a in list_open_alerts(session)
+        for a in list_open_alerts(session, limit=DIGEST_SECTION_LIMIT)
     ]
+    totals["alerts"] = open_alert_count(session) if len(alerts) == DIGEST_SECTION_LIMIT else len(alerts)
     context = {
         "clinic": _clinic(settings), "today": today,
         **sections,
@@ -1012,30 +1026,16 @@ def _deliver_one(engine: Engine, settings: Settings, now: datetime, token: str, 
     return True
 
 
-def deliver(engine: Engine, settings: Settings, now: datetime, mailer: Mailer | None = None,
-            max_batches: int | None = None) -> Delivery:
-    """Send what is queued and due.
-
-    Each row is on its own: whatever one message raises (building it, sending
-    it, deciding it is stale) fails or retries that row alone, with its reason,
-    and the batch goes on. A connection-level failure is the server's: the rows
-    are given back untouched, the server is left alone for a back-off (at most
-    ``SERVER_PROBE_CEILING``), and the first pass that reaches it again sends
-    the whole queue that is still useful.
-    """
-    mailer = mailer or make_mailer(settings)
-    report = Delivery()
-    server = server_name(settings)
-    state = _server_state(engine, server)
-    if state is not None and state.next_probe_at is not None and now < state.next_probe_at:
-        report.server_down = True
-        return report
+def _sender(engine: Engine, settings: Settings, now: datetime, mailer: Mailer, server: str,
+            max_batches: int | None, report: Delivery, stop: threading.Event) -> bool:
+    """One sender: claims a batch, sends it over one mail connection, and again, until
+    nothing is left (or ``max_batches``); returns whether the server answered."""
     token = uuid.uuid4().hex[:16]
     answered = False
     batches = 0
     lease = _Lease(engine, settings, now, token)
     with lease:
-        while max_batches is None or batches < max_batches:
+        while (max_batches is None or batches < max_batches) and not stop.is_set():
             batches += 1
             rows = _claim(engine, settings, now, token, lease.until())
             if not rows:
@@ -1056,6 +1056,7 @@ def deliver(engine: Engine, settings: Settings, now: datetime, mailer: Mailer | 
                         report.retried += _release(engine, rows[index:], token)
                         retry_at = _server_down(engine, settings, server, now, exc)
                         report.server_down = True
+                        stop.set()
                         log.warning("the mail server is unavailable; %d messages wait, next try at %s",
                                     len(rows) - index, retry_at.isoformat())
                         break
@@ -1066,6 +1067,57 @@ def deliver(engine: Engine, settings: Settings, now: datetime, mailer: Mailer | 
                         log.error("outbox row %s (%s) failed: %s", row.id, row.kind, type(exc).__name__)
             if report.server_down:
                 break
+    return answered
+
+
+def deliver(engine: Engine, settings: Settings, now: datetime, mailer: Mailer | None = None,
+            max_batches: int | None = None) -> Delivery:
+    """Send what is queued and due.
+
+    Each row is on its own: whatever one message raises (building it, sending
+    it, deciding it is stale) fails or retries that row alone, with its reason,
+    and the batch goes on. A connection-level failure is the server's: the rows
+    are given back untouched, the server is left alone for a back-off (at most
+    ``SERVER_PROBE_CEILING``), and the first pass that reaches it again sends
+    the whole queue that is still useful.
+    """
+    mailer = mailer or make_mailer(settings)
+    report = Delivery()
+    server = server_name(settings)
+    state = _server_state(engine, server)
+    if state is not None and state.next_probe_at is not None and now < state.next_probe_at:
+        report.server_down = True
+        return report
+    senders = settings.scheduler.senders
+    stop = threading.Event()  # the server is down: every sender stops after its row
+    if senders == 1:
+        answered = _sender(engine, settings, now, mailer, server, max_batches, report, stop)
+    else:
+        reports = [Delivery() for _ in range(senders)]
+        outcome = [False] * senders
+        failures: list[BaseException] = []
+
+        def run(n: int) -> None:
+            try:
+                outcome[n] = _sender(engine, settings, now, mailer, server, max_batches, reports[n], stop)
+            except BaseException as exc:  # raised again below, in the caller's thread
+                failures.append(exc)
+                stop.set()
+
+        threads = [threading.Thread(target=run, args=(n,), name=f"cobalt-sender-{n}") for n in range(senders)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for one in reports:
+            report.sent += one.sent
+            report.skipped += one.skipped
+            report.retried += one.retried
+            report.failed += one.failed
+            report.server_down = report.server_down or one.server_down
+        if failures:
+            raise failures[0]
+        answered = any(outcome)
     if answered and state is not None and state.failures > 0:
         _server_up(engine, server)
     return report

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, timedelta
 from typing import Any
 
-from sqlalchemy import case, exists, update
+from sqlalchemy import case, exists, func, update
 from sqlmodel import Session, col, select
 
 from models import Alert, Event, Patient
@@ -179,6 +179,13 @@ def open_alerts_by_patient(session: Session, patient_ids: Iterable[int]) -> dict
     return {pid: [_alert_json(a) for a in _urgent_first(alerts)] for pid, alerts in found.items()}
 
 
+def open_alert_count(session: Session) -> int:
+    """How many alerts are open across patients (``list_open_alerts`` without a limit)."""
+    query = (select(func.count()).select_from(Alert).join(Patient, col(Patient.id) == col(Alert.patient_id))
+             .where(Alert.status == OPEN))
+    return int(session.exec(query).one())
+
+
 def alerts_json(record: PatientRecord, session: Session | None = None) -> list[dict[str, Any]]:
     """The patient's open alerts, most urgent first, for ``schedule --json``.
 
@@ -196,13 +203,15 @@ def _session_of(row: Any) -> Session | None:
     return found if isinstance(found, Session) else None
 
 
-def list_open_alerts(session: Session) -> list[dict[str, Any]]:
-    """Open alerts across patients, most urgent first, then the longest standing."""
+def list_open_alerts(session: Session, limit: int | None = None) -> list[dict[str, Any]]:
+    """Open alerts across patients, most urgent first, then the longest standing
+    (the first ``limit`` of them: the digest lists a few hundred)."""
     query = (
         select(Alert, Patient)
         .join(Patient, col(Patient.id) == col(Alert.patient_id))
         .where(Alert.status == OPEN)
         .order_by(_SEVERITY_ORDER, col(Alert.since), col(Patient.mrn), col(Alert.code))
+        .limit(limit)
     )
     return [
         {"mrn": p.mrn, "name": p.name, **_alert_json(a), "opened_at": a.opened_at.isoformat()}

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import case, func, or_
+from sqlalchemy import case, func, or_, tuple_
 from sqlalchemy import select as sa_select
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
@@ -563,19 +564,50 @@ def protocols_json() -> list[dict[str, object]]:
     ]
 
 
-def worklist(session: Session, until: date) -> list[tuple[Event, Patient]]:
-    """Planned events due on or before ``until`` (so overdue ones too), for active patients.
+WORKLIST_FETCH = 1_000  # rows fetched from the cursor at a time (and alerts and drugs read per batch)
+
+
+def worklist_key(row: Any) -> tuple[date, str, str, int, int]:
+    """Where a row stands in the worklist's order: (due, mrn, kind, seq, event id)."""
+    return (row.due, row.mrn, row.kind, row.seq, row.id)
+
+
+def _worklist_query(until: date, after: tuple[date, str, str, int, int] | None) -> Any:
+    query = (
+        sa_select(col(Event.id), col(Event.patient_id), col(Event.key), col(Event.kind), col(Event.phase),
+                  col(Event.seq), col(Event.label), col(Event.due), col(Event.status), col(Event.done_on),
+                  col(Event.tests), col(Event.because), col(Patient.mrn), col(Patient.name))
+        .select_from(Event)
+        .join(Patient, col(Patient.id) == col(Event.patient_id))
+        .where(col(Event.status) == Status.PLANNED.value, col(Event.due) <= until, col(Patient.status) == "active")
+    )
+    if after is not None:  # the page after this row; `due >= ?` keeps the index range
+        query = query.where(col(Event.due) >= after[0], tuple_(
+            col(Event.due), col(Patient.mrn), col(Event.kind), col(Event.seq), col(Event.id)) > tuple_(*after))
+    return query
+
+
+def worklist(session: Session, until: date, *, after: tuple[date, str, str, int, int] | None = None,
+             limit: int | None = None) -> Iterator[Any]:
+    """Planned events due on or before ``until`` (so overdue ones too), for active patients,
+    in (due, mrn, kind, seq) order: rows of the event's columns with the patient's ``mrn``
+    and ``name``, streamed from the cursor (no ORM object, no list of them all), so a
+    million patients' worklist runs in the memory of one batch.
 
     Reads through the (status, due) index: only rows that are due, never every patient.
+    ``after`` (a ``worklist_key``) and ``limit`` read one page of it.
     """
-    query = (
-        select(Event, Patient)
-        .join(Patient, col(Patient.id) == col(Event.patient_id))
-        .where(Event.status == Status.PLANNED.value, col(Event.due) <= until,
-               Patient.status == "active")
-        .order_by(col(Event.due), col(Patient.mrn), col(Event.kind), col(Event.seq))
-    )
-    return [(e, p) for e, p in session.exec(query)]
+    query = _worklist_query(until, after).order_by(
+        col(Event.due), col(Patient.mrn), col(Event.kind), col(Event.seq), col(Event.id))
+    if limit is not None:
+        query = query.limit(limit)
+    yield from session.execute(query, execution_options={"yield_per": WORKLIST_FETCH})
+
+
+def worklist_count(session: Session, until: date, *, after: tuple[date, str, str, int, int] | None = None) -> int:
+    """How many rows ``worklist`` lists (after ``after``): counted by the database."""
+    return int(session.execute(sa_select(func.count()).select_from(_worklist_query(until, after).subquery()))
+               .scalar_one())
 
 
 # -- finding patients ----------------------------------------------------------------
@@ -890,25 +922,30 @@ def audit_trail(session: Session, *, mrn: str | None = None, since: date | None 
 # -- the worklist ----------------------------------------------------------------------
 
 
-def worklist_items(session: Session, *, on: date, until: date) -> list[dict[str, Any]]:
+def worklist_items(session: Session, *, on: date, until: date,
+                   after: tuple[date, str, str, int, int] | None = None,
+                   limit: int | None = None) -> Iterator[dict[str, Any]]:
     """The worklist as rows (``due --json``, the web's worklist): every planned event due
     on or before ``until`` for active patients, each with its ``mrn``, ``name``,
     ``overdue`` (due before ``on``), the patient's open ``alerts``, and what to give:
-    ``drug`` and ``amount`` for a dose (null otherwise), ``tests`` for a lab order."""
+    ``drug`` and ``amount`` for a dose (null otherwise), ``tests`` for a lab order.
+
+    Yields them as the database returns them: the alerts and drugs are read for each
+    batch of ``WORKLIST_FETCH`` rows, so memory stays that of a batch whatever the
+    clinic's size. Consume it inside the session's transaction."""
     from scheduler.safety import open_alerts_by_patient
 
-    rows = worklist(session, until)
-    ids = sorted({p.id for _, p in rows if p.id is not None})
-    alerts = open_alerts_by_patient(session, ids)
-    drugs = regimen_drugs(session, ids)
-    items = []
-    for event, patient in rows:
-        item = event_json(event)
-        drug, amount = drug_of(event, drugs)
-        item.update(mrn=patient.mrn, name=patient.name, overdue=event.due < on, drug=drug, amount=amount,
-                    alerts=alerts.get(patient.id or 0, []))
-        items.append(item)
-    return items
+    rows = worklist(session, until, after=after, limit=limit)
+    while batch := list(islice(rows, WORKLIST_FETCH)):
+        ids = sorted({r.patient_id for r in batch})
+        alerts = open_alerts_by_patient(session, ids)
+        drugs = regimen_drugs(session, ids)
+        for row in batch:
+            item = event_json(row)
+            drug, amount = drug_of(row, drugs)
+            item.update(mrn=row.mrn, name=row.name, overdue=row.due < on, drug=drug, amount=amount,
+                        alerts=alerts.get(row.patient_id, []))
+            yield item
 
 
 # -- what schedule shows of corrections -------------------------------------------------

@@ -254,7 +254,8 @@ def save_plan(session: Session, record: PatientRecord, events: Iterable[domain.P
     record.events = kept
 
 
-def event_json(event: Event) -> dict[str, Any]:
+def event_json(event: Event | Any) -> dict[str, Any]:
+    """An event (or a row of its columns, as the worklist streams them) as ``--json`` shows it."""
     return {
         "id": event.id,
         "kind": event.kind,
@@ -287,7 +288,7 @@ def regimen_drugs(session: Session, patient_ids: Sequence[int]) -> dict[tuple[in
     return found
 
 
-def drug_of(event: Event, drugs: dict[tuple[int, int], tuple[str, str]]) -> tuple[str | None, str | None]:
+def drug_of(event: Event | Any, drugs: dict[tuple[int, int], tuple[str, str]]) -> tuple[str | None, str | None]:
     """A dose's drug and amount, from its regimen (the ``r2`` of ``r2:dose:...``); (None, None) otherwise."""
     number = event.key.split(":", 1)[0][1:]
     if event.kind != "dose" or not number.isdigit():

@@ -31,15 +31,21 @@ def what(item: Mapping[str, Any]) -> str:
     return f"{kind} {item['label']}"
 
 
-def _summary(kind: str, phase: str, events: Sequence[Mapping[str, Any]]) -> str:
-    n, since = len(events), _day(events[0]["due"])
+def _summary(events: Sequence[Mapping[str, Any]]) -> str:
+    labels = list(dict.fromkeys(str(e["label"]) for e in events)) if events[0]["kind"] == "lab" else []
+    return overdue_summary(events[0], len(events), labels)
+
+
+def overdue_summary(first: Mapping[str, Any], count: int, labels: Sequence[str]) -> str:
+    """A group's line from its first item, its size and (lab orders) its labels in order:
+    "3 maintenance doses overdue since 2027-04-15 (hydroxocobalamin 1 mg)"."""
+    kind, since = first["kind"], _day(first["due"])
     if kind == "dose":
-        drug = " ".join(str(v) for v in (events[0].get("drug"), events[0].get("amount")) if v)
-        return f"{n} {phase} doses overdue since {since}" + (f" ({drug})" if drug else "")
+        drug = " ".join(str(v) for v in (first.get("drug"), first.get("amount")) if v)
+        return f"{count} {first['phase']} doses overdue since {since}" + (f" ({drug})" if drug else "")
     if kind == "lab":
-        labels = ", ".join(dict.fromkeys(str(e["label"]) for e in events))
-        return f"{n} lab orders overdue since {since} ({labels})"
-    return f"{n} {kind}s overdue since {since}"
+        return f"{count} lab orders overdue since {since} ({', '.join(labels)})"
+    return f"{count} {kind}s overdue since {since}"
 
 
 def group_overdue(items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -67,6 +73,6 @@ def group_overdue(items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         first = events[0]
         line = dict(first)
         line.update(count=len(events), events=list(events), since=first["due"],
-                    what=_summary(first["kind"], first["phase"], events) if len(events) > 1 else what(first))
+                    what=_summary(events) if len(events) > 1 else what(first))
         lines.append(line)
     return lines

@@ -415,11 +415,13 @@ def _peak_rss() -> int:
 def step_worklist(engine: Engine, settings: Settings, now: datetime, meter: Meter) -> dict[str, Any]:
     today = local_today(settings, now)
     with meter.part("worklist today"), db.transaction(engine) as session:
-        today_rows = len(service.worklist(session, today))
+        today_rows = sum(1 for _ in service.worklist(session, today))
     with meter.part("worklist +7 days"), db.transaction(engine) as session:
-        week = service.worklist(session, today + timedelta(days=7))
-    return meter.result(rows_today=today_rows, rows_week=len(week),
-                        patients_week=len({p.id for _, p in week}))
+        week_rows, patients = 0, set()
+        for row in service.worklist(session, today + timedelta(days=7)):  # streamed: no list of them all
+            week_rows += 1
+            patients.add(row.patient_id)
+    return meter.result(rows_today=today_rows, rows_week=week_rows, patients_week=len(patients))
 
 
 QUEUE_STEPS = {"_urgent_alerts": "alert", "_patient_reminders": None, "_overdue_notices": "overdue",
@@ -614,7 +616,8 @@ def step_explain(engine: Engine, settings: Settings, now: datetime, meter: Meter
     today = local_today(settings, now)
     with captured(engine) as statements:
         with db.transaction(engine) as session:
-            service.worklist(session, today)
+            for _ in service.worklist(session, today):
+                pass
         roll_forward(engine, settings, now)
         queue_due_messages(engine, settings, now)
         deliver(engine, settings, now)

@@ -515,6 +515,16 @@ def test_digest_counts_what_it_does_not_list(templates: Templates) -> None:
     assert "502 overdue" in message.subject
 
 
+def test_digest_counts_the_open_alerts_it_does_not_list(templates: Templates) -> None:
+    context = full_context("digest")
+    context["totals"] = {**context["totals"], "alerts": len(context["alerts"]) + 700}
+
+    message = render(templates, "digest", context)
+
+    assert f"Open alerts ({len(context['alerts']) + 700})" in message.text
+    assert "and 700 more: run `cobalt alerts`" in message.text and "and 700 more" in message.html
+
+
 @pytest.mark.parametrize(("neuro", "says"), [
     (True, "neurological symptoms are recorded: treat anyway"),
     (False, "no neurological symptoms are recorded: check with the clinician first"),

@@ -238,6 +238,23 @@ def test_the_worklist_date_and_days_ahead_choose_the_window(app: Any) -> None:
     assert r.status_code == 422 and "is not a date (YYYY-MM-DD)" in r.text
 
 
+def test_a_long_worklist_is_paged_with_how_many_more_and_a_next_page(app: Any,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from scheduler.web import pages
+
+    c = signed_in(app, "nina")
+    whole = c.get("/").text
+    assert "Next page" not in whole  # a short list is one page
+    monkeypatch.setattr(pages, "WORKLIST_PAGE", 2)
+    html = c.get("/").text
+    assert 'id="overdue-heading"' in html and 'id="today-heading"' in html and 'id="coming-heading"' in html
+    assert "more events after this page" in html and 'rel="next"' in html
+    link = html.split('rel="next" href="')[1].split('"')[0].replace("&amp;", "&")
+    second = c.get(link)
+    assert second.status_code == 200 and "First page" in second.text
+    assert c.get("/", params={"after": "not a place"}).status_code == 200  # an odd link starts at the top
+
+
 # -- patients ----------------------------------------------------------------------
 
 

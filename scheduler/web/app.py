@@ -283,7 +283,8 @@ def _routes(app: FastAPI, web: Web) -> None:
     # -- the worklist ------------------------------------------------------------
 
     @app.get("/", response_class=HTMLResponse)
-    def worklist(request: Request, on: str | None = None, days: str | None = None) -> Response:
+    def worklist(request: Request, on: str | None = None, days: str | None = None,
+                 after: str | None = None) -> Response:
         user = current_user(request)
         error = None
         today = web.today()
@@ -294,8 +295,13 @@ def _routes(app: FastAPI, web: Web) -> None:
                 raise BadInput(f"Days ahead: choose one of {', '.join(map(str, DAYS_AHEAD))}")
         except (BadInput, ValueError) as exc:
             error, chosen, ahead = str(exc) if isinstance(exc, BadInput) else "Days ahead: not a number", today, 7
+        try:
+            if after:
+                pages.parse_page_key(after)
+        except ValueError:
+            after = None  # a link from an older page: start again at the top
         with transaction() as s:
-            data = pages.worklist(s, chosen, ahead)
+            data = pages.worklist(s, chosen, ahead, after if not error else None)
         return page(request, "worklist.html", {"user": user, "list": data, "days": ahead, "choices": DAYS_AHEAD,
                                                 "today": today, "error": error}, 422 if error else 200)
 

@@ -65,6 +65,9 @@ class Row:
     technique_band: str = ""
 
 
+WORKLIST_PAGE = 500  # events a page of the worklist lists; the next page goes on after the last
+
+
 @dataclass
 class Worklist:
     on: date
@@ -72,14 +75,37 @@ class Worklist:
     overdue: list[Row]
     today: list[Row]
     coming: list[Row]
+    more: int = 0  # events after this page
+    next_after: str | None = None  # the ``after`` of the next page
+    after: str | None = None  # this page's, when it is not the first
 
 
-def worklist(session: Session, on: date, days: int) -> Worklist:
+def page_key(item: dict[str, Any]) -> str:
+    """An item's place in the worklist (``service.worklist_key``) as the ``after`` of a link."""
+    return f"{item['due']},{item['kind']},{item['seq']},{item['id']},{item['mrn']}"
+
+
+def parse_page_key(text: str) -> tuple[date, str, str, int, int]:
+    """``page_key``'s text back; ValueError when it is not one."""
+    due, kind, seq, event_id, mrn = text.split(",", 4)
+    return (date.fromisoformat(due), mrn, kind, int(seq), int(event_id))
+
+
+def worklist(session: Session, on: date, days: int, after: str | None = None,
+             page: int | None = None) -> Worklist:
     """The CLI's ``due`` list (``service.worklist_items``, overdue events grouped as the
     CLI groups them), split into overdue (a row per patient), due today and coming up
-    (a row per patient and day)."""
+    (a row per patient and day); ``page`` events at most, from after ``after``
+    (``page_key``), with how many more there are."""
     until = on + timedelta(days=days)
-    items = service.worklist_items(session, on=on, until=until)
+    page = page or WORKLIST_PAGE
+    start = parse_page_key(after) if after else None
+    items = list(service.worklist_items(session, on=on, until=until, after=start, limit=page + 1))
+    more, next_after = 0, None
+    if len(items) > page:
+        items = items[:page]
+        next_after = page_key(items[-1])
+        more = service.worklist_count(session, until, after=parse_page_key(next_after))
     patients = {p.mrn: p for p in session.exec(
         select(Patient).where(col(Patient.mrn).in_(sorted({i["mrn"] for i in items}))))} if items else {}
     platelets = latest_platelets(session, [p.id for p in patients.values() if p.id is not None])
@@ -99,8 +125,9 @@ def worklist(session: Session, on: date, days: int) -> Worklist:
             count = platelets.get(patient.id or 0) if patient else None
             row.technique = injection_note(count[0] if count else None, patient.neuro if patient else None)
             row.technique_band = band(count[0] if count else None).value
-    return Worklist(on, until, *([r for (when, _, _), r in rows.items() if when == w]
-                                 for w in ("overdue", "today", "coming")))
+    overdue, today, coming = ([r for (when, _, _), r in rows.items() if when == w]
+                               for w in ("overdue", "today", "coming"))
+    return Worklist(on, until, overdue, today, coming, more=more, next_after=next_after, after=after)
 
 
 def lab_tables(record: PatientRecord) -> list[dict[str, Any]]:
