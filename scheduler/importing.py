@@ -338,7 +338,9 @@ class _DryRun(Exception):
 
 def _run(session: Session, ctx: Context, kind: str, path: Path, rows: Iterator[Row], problems: list[Problem],
          report: ImportReport, reporter: Reporter, dry_run: bool) -> None:
-    step = {"patients": _import_patients, "doses": _import_doses, "labs": _import_labs}[kind]
+    steps: dict[str, Callable[..., None]] = {
+        "patients": partial(_import_patients, plans={}), "doses": _import_doses, "labs": _import_labs}
+    step = steps[kind]
     writer = PlanWriter(session, ctx.actor, ctx.policy, write=not dry_run)
     for batch in _patients(rows):
         report.rows += sum(len(group) for group in batch)
@@ -438,7 +440,9 @@ def _differences(new: service.NewPatient, old: Any) -> list[str]:
 
 
 def _import_patients(session: Session, ctx: Context, batch: list[list[Row]], problems: list[Problem],
-                     report: ImportReport, writer: PlanWriter) -> None:
+                     report: ImportReport, writer: PlanWriter, *,
+                     plans: dict[tuple[Any, ...], tuple[Replanned, int]]) -> None:
+    """``plans``: the plans made so far in this import, by their inputs (kept from batch to batch)."""
     checked: list[tuple[Row, service.NewPatient]] = []
     for group in batch:
         first = group[0]
@@ -473,7 +477,6 @@ def _import_patients(session: Session, ctx: Context, batch: list[list[Row]], pro
     records = []
     # A new patient's plan follows from these alone (the planner is pure): patients who
     # share them (a cohort starting over a few weeks shares many) are planned once.
-    plans: dict[tuple[Any, ...], tuple[Replanned, int]] = {}
     for _, new in fresh:
         patient = PatientState(None, new.mrn, "active", new.neuro, new.renal_impairment, new.on_folic_acid,
                                 False, None, None)
