@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import codecs
 import csv
+import gc
 import heapq
 import itertools
 import pickle
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from functools import partial
@@ -40,13 +42,21 @@ from typing import IO, Any, Protocol
 from sqlalchemy import Engine, select
 from sqlmodel import Session
 
-from models import Dose, LabResult, Patient, Regimen
+from models import Audit, Dose, LabResult, Patient, Regimen
 from scheduler import db, labs, safety, service
 from scheduler.alerts import is_pernicious
 from scheduler.errors import BadInput, FieldError
 from scheduler.planning import spread_offset
 from scheduler.service import Context
-from scheduler.store import PatientRecord, PatientState, PlanWriter, Replanned, load_states, plan_record
+from scheduler.store import (
+    PatientRecord,
+    PatientState,
+    PlanWriter,
+    Replanned,
+    audit_detail,
+    load_states,
+    plan_record,
+)
 from scheduler.validation import check_date
 
 PATIENT_COLUMNS = (
@@ -310,6 +320,22 @@ def _patients(rows: Iterator[Row]) -> Iterator[list[list[Row]]]:
 # -- the run -----------------------------------------------------------------------------
 
 
+GC_THRESHOLD = 100_000  # objects allocated between the cyclic collector's youngest runs, while importing
+
+
+@contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """The cyclic garbage collector run seldom: an import allocates a tuple an event row,
+    hundreds of thousands that live until their batch is written, and each collection
+    (every 700 allocations by default) walks them again; an import makes few cycles."""
+    before = gc.get_threshold()
+    gc.set_threshold(max(before[0], GC_THRESHOLD), *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+
+
 def import_file(engine: Engine, ctx: Context, kind: str, path: Path, *, dry_run: bool = False,
                 reporter: Reporter | None = None) -> ImportReport:
     """Import ``path`` (``kind``: patients, doses or labs) in one transaction."""
@@ -318,17 +344,18 @@ def import_file(engine: Engine, ctx: Context, kind: str, path: Path, *, dry_run:
     reporter = reporter or Quiet()
     problems: list[Problem] = []
     report = ImportReport(kind, dry_run=dry_run)
-    rows = sorted_rows(read_rows(path, kind, problems, reporter))
-    # The first sorted row comes once the whole file is read and sorted: the
-    # database is not locked while a large file streams in.
-    head = next(rows, None)
-    rows = itertools.chain([head], rows) if head is not None else iter(())
-    reporter.phase("importing", None)
-    try:
-        with db.transaction(engine) as session:
-            _run(session, ctx, kind, path, rows, problems, report, reporter, dry_run)
-    except _DryRun:
-        pass  # rolled back: nothing written
+    with _fewer_collections():
+        rows = sorted_rows(read_rows(path, kind, problems, reporter))
+        # The first sorted row comes once the whole file is read and sorted: the
+        # database is not locked while a large file streams in.
+        head = next(rows, None)
+        rows = itertools.chain([head], rows) if head is not None else iter(())
+        reporter.phase("importing", None)
+        try:
+            with db.transaction(engine) as session:
+                _run(session, ctx, kind, path, rows, problems, report, reporter, dry_run)
+        except _DryRun:
+            pass  # rolled back: nothing written
     return report
 
 
@@ -338,14 +365,17 @@ class _DryRun(Exception):
 
 def _run(session: Session, ctx: Context, kind: str, path: Path, rows: Iterator[Row], problems: list[Problem],
          report: ImportReport, reporter: Reporter, dry_run: bool) -> None:
-    step = {"patients": _import_patients, "doses": _import_doses, "labs": _import_labs}[kind]
+    steps: dict[str, Callable[..., None]] = {
+        "patients": partial(_import_patients, plans={}), "doses": _import_doses, "labs": _import_labs}
+    step = steps[kind]
     writer = PlanWriter(session, ctx.actor, ctx.policy, write=not dry_run)
-    for batch in _patients(rows):
-        report.rows += sum(len(group) for group in batch)
-        writer.write = not dry_run and not problems  # after a bad row: check on, write no more
-        step(session, ctx, batch, problems, report, writer)
-        writer.flush()
-        reporter.advance(sum(len(group) for group in batch))
+    with db.write_cache(session.connection()):
+        for batch in _patients(rows):
+            report.rows += sum(len(group) for group in batch)
+            writer.write = not dry_run and not problems  # after a bad row: check on, write no more
+            step(session, ctx, batch, problems, report, writer)
+            writer.flush()
+            reporter.advance(sum(len(group) for group in batch))
     if problems:
         raise ImportRefused(path, problems)
     if dry_run:
@@ -438,7 +468,9 @@ def _differences(new: service.NewPatient, old: Any) -> list[str]:
 
 
 def _import_patients(session: Session, ctx: Context, batch: list[list[Row]], problems: list[Problem],
-                     report: ImportReport, writer: PlanWriter) -> None:
+                     report: ImportReport, writer: PlanWriter, *,
+                     plans: dict[tuple[Any, ...], tuple[Replanned, int]]) -> None:
+    """``plans``: the plans made so far in this import, by their inputs (kept from batch to batch)."""
     checked: list[tuple[Row, service.NewPatient]] = []
     for group in batch:
         first = group[0]
@@ -473,7 +505,6 @@ def _import_patients(session: Session, ctx: Context, batch: list[list[Row]], pro
     records = []
     # A new patient's plan follows from these alone (the planner is pure): patients who
     # share them (a cohort starting over a few weeks shares many) are planned once.
-    plans: dict[tuple[Any, ...], tuple[Replanned, int]] = {}
     for _, new in fresh:
         patient = PatientState(None, new.mrn, "active", new.neuro, new.renal_impairment, new.on_folic_acid,
                                 False, None, None)
@@ -510,6 +541,7 @@ def _import_patients(session: Session, ctx: Context, batch: list[list[Row]], pro
     query = select(p.c.mrn, p.c.id).where(p.c.mrn.in_([new.mrn for _, new in fresh]))
     by_mrn = {str(row.mrn): int(row.id) for row in conn.execute(query)}
     ids = [by_mrn[new.mrn] for _, new in fresh]
+    details: dict[tuple[Any, ...], str] = {}
     for (_, new), (record, made), patient_id in zip(fresh, records, ids, strict=True):
         record.patient.id = patient_id
         writer.add(Regimen, patient_id=patient_id, number=1, protocol=new.protocol, start=new.start,
@@ -518,8 +550,12 @@ def _import_patients(session: Session, ctx: Context, batch: list[list[Row]], pro
             writer.add(LabResult, patient_id=patient_id, code=code, value=value, text=None,
                        unit=labs.CATALOG[code].unit or "", taken_on=new.start, order_key=None,
                        recorded_by=ctx.actor, recorded_at=writer.now)
-        writer.audit("enroll", patient_id, protocol=new.protocol, start=new.start,
-                     maintenance_months=new.maintenance_months, source="import")
+        enroll = (new.protocol, new.start, new.maintenance_months)
+        if enroll not in details:  # the same text for every patient enrolled alike
+            details[enroll] = audit_detail(protocol=new.protocol, start=new.start,
+                                           maintenance_months=new.maintenance_months, source="import")
+        writer.add(Audit, at=writer.now, actor=writer.actor, action="enroll", patient_id=patient_id,
+                   detail=details[enroll])
         writer.plan(record, made, {})
 
 

@@ -68,10 +68,18 @@ def live_alerts(session: Session, patient_ids: Iterable[int]) -> dict[int, list[
     return found
 
 
+def raised_alerts(record: PatientRecord, events: Sequence[domain.PlannedEvent], today: date,
+                  policy: AlertPolicy = DEFAULT_POLICY) -> list[Any]:
+    """The alerts the rules raise for the patient on ``today`` (none once discharged)."""
+    if record.patient.status != "active":
+        return []  # discharged: nothing more is raised, and what stood is closed
+    return evaluate(record.enrolment(), record.lab_results(), events, record.first_dose_on(), today, policy)
+
+
 def sync_alerts(
     session: Session, record: PatientRecord, events: Sequence[domain.PlannedEvent], today: date,
     policy: AlertPolicy = DEFAULT_POLICY, *, live: Mapping[int, Sequence[Alert]] | None = None,
-    insert: Callable[..., None] | None = None,
+    insert: Callable[..., None] | None = None, raised: Sequence[Any] | None = None,
 ) -> list[Alert]:
     """Bring the patient's alert rows in line with the rules on ``today``.
 
@@ -81,16 +89,12 @@ def sync_alerts(
     batch at once; without it the patient's rows are read here. Returns the rows
     inserted (new alerts, open), not yet flushed. ``insert``: a batch writer's
     (``store.PlanWriter.add``), given each new row's columns instead (nothing is returned).
+    ``raised``: what ``raised_alerts(record, events, today, policy)`` gives, when the caller has it.
     """
     patient = record.patient
     assert patient.id is not None
-    if patient.status == "active":
-        raised = evaluate(
-            record.enrolment(), record.lab_results(), events,
-            record.first_dose_on(), today, policy,
-        )
-    else:
-        raised = []  # discharged: nothing more is raised, and what stood is closed
+    if raised is None:
+        raised = raised_alerts(record, events, today, policy)
     standing = {a.code: a for a in raised}
     if live is None:
         live = live_alerts(session, [patient.id])

@@ -23,7 +23,7 @@ from models.types import utcnow
 from scheduler import domain
 from scheduler.alerts import DEFAULT_POLICY, AlertPolicy, extra_lab_orders
 from scheduler.clinic_calendar import ClinicCalendar
-from scheduler.db import chunked, insert_rows
+from scheduler.db import chunked, insert_rows, row_converter
 from scheduler.errors import NotFound
 from scheduler.planning import PLAN_AHEAD_MONTHS, add_months, horizon, plan, spread_offset
 from scheduler.protocols import PROTOCOLS
@@ -319,12 +319,25 @@ class PatientState:
 EVENT_INSERT = ("patient_id", "key", "updated_at", "due_set_at", *EVENT_FIELDS)
 
 
+@dataclass
+class _SharedPlan:
+    """A new plan as ``PlanWriter`` writes it for each patient given it."""
+
+    events: list[domain.PlannedEvent]
+    rows: list[tuple[Any, ...]]  # converted, without the patient id
+    raised: list[Any] | None = None  # the alerts the rules raise on it (``safety.raised_alerts``)
+
+
 class PlanWriter:
     """Rows to insert, update and delete for a batch of patients, written together:
     inserts by one DBAPI ``executemany`` a table (``db.insert_rows``: values converted
     once per distinct value), updates by one ``executemany``, no ORM object per row and
     nothing read back. Import and roll-forward plan through this; the service's one
-    patient at a time goes through ``replan``."""
+    patient at a time goes through ``replan``.
+
+    A plan (``Replanned.events``, the same list) given to several new patients must
+    come from the same inputs (an import plans equal inputs once): its event rows are
+    built and converted once, and its alerts evaluated once, for all of them."""
 
     def __init__(self, session: Session, actor: str, policy: AlertPolicy = DEFAULT_POLICY, *,
                  write: bool = True, now: datetime | None = None) -> None:
@@ -337,7 +350,9 @@ class PlanWriter:
         self.event_updates: list[dict[str, Any]] = []
         self.event_deletes: list[int] = []
         self.patient_updates: list[dict[str, Any]] = []
-        self._new_rows: dict[int, tuple[list[domain.PlannedEvent], list[tuple[Any, ...]]]] = {}
+        # a new plan's event rows (converted, but the patient id) and alerts, by the plan
+        self._new_rows: dict[int, _SharedPlan] = {}
+        self._convert: Any = None
 
     def add(self, table: Any, **values: Any) -> None:
         self.inserts.setdefault((table, tuple(values)), []).append(tuple(values.values()))
@@ -348,6 +363,18 @@ class PlanWriter:
         self.add(Audit, at=self.now, actor=self.actor, action=action, patient_id=patient_id,
                  detail=audit_detail(**detail))
 
+    def _event_row(self, planned: domain.PlannedEvent) -> tuple[Any, ...]:
+        """A new event's row but its patient id, its values as the driver takes them."""
+        if self._convert is None:
+            dialect = self.session.get_bind().dialect
+            self._convert = row_converter(dialect, Event.__table__, EVENT_INSERT[1:])  # type: ignore[attr-defined]
+        now = self.now
+        converted: tuple[Any, ...] = self._convert((
+            planned.key, now, now, planned.kind._value_, planned.phase._value_, planned.seq, planned.label,
+            planned.due, planned.status._value_, planned.done_on, " ".join(planned.tests),
+            planned.because[:400]))  # event_row, inline
+        return converted
+
     def plan(self, record: PatientRecord, made: Replanned, live: dict[int, list[Any]]) -> None:
         """Bring the patient's events and alerts in line with ``made`` (as ``save_plan``
         and ``safety.sync_alerts`` do for one patient)."""
@@ -356,25 +383,27 @@ class PlanWriter:
         patient = record.patient
         assert patient.id is not None
         now = self.now
-        new = self.inserts.setdefault((Event, EVENT_INSERT), [])
+        new = self.inserts.setdefault((Event, EVENT_INSERT), [])  # rows converted (flush)
         if not record.events:  # a new plan: every event is a new row
-            made_before = self._new_rows.get(id(made.events))
-            if made_before is None or made_before[0] is not made.events:
-                # the same plan given to several patients (an import plans equal inputs once)
-                made_before = self._new_rows[id(made.events)] = (made.events, [
-                    (planned.key, now, now, *event_row(planned)) for planned in made.events])
-            new.extend([(patient.id, *row) for row in made_before[1]])
+            shared = self._new_rows.get(id(made.events))
+            if shared is None or shared.events is not made.events:
+                shared = self._new_rows[id(made.events)] = _SharedPlan(
+                    made.events, [self._event_row(planned) for planned in made.events])
+            new.extend(map((patient.id,).__add__, shared.rows))
             if self.write:
+                raised = None
+                if patient.status == "active" and not live.get(patient.id):
+                    if shared.raised is None:  # nothing live to compare with: only what the rules raise
+                        shared.raised = safety.raised_alerts(record, made.events, made.seen, self.policy)
+                    raised = shared.raised
                 safety.sync_alerts(self.session, record, made.events, made.seen, self.policy, live=live,
-                                   insert=self.add)
+                                   insert=self.add, raised=raised)
             return
         existing = {e.key: e for e in record.events}
         for planned in made.events:
             row = existing.pop(planned.key, None)
             if row is None:
-                new.append((patient.id, planned.key, now, now, planned.kind._value_, planned.phase._value_,
-                            planned.seq, planned.label, planned.due, planned.status._value_, planned.done_on,
-                            " ".join(planned.tests), planned.because[:400]))  # event_row, inline: a row a call
+                new.append((patient.id, *self._event_row(planned)))
                 continue
             values = event_values(planned)
             if any(getattr(row, name) != values[name] for name in EVENT_FIELDS):
@@ -391,7 +420,8 @@ class PlanWriter:
         if self.write:
             conn = self.session.connection()
             for (table, columns), rows in self.inserts.items():
-                insert_rows(conn, table.__table__, columns, rows)
+                insert_rows(conn, table.__table__, columns, rows,
+                            converted=table is Event and columns == EVENT_INSERT)
             if self.event_updates:
                 t = Event.__table__  # type: ignore[attr-defined]
                 conn.execute(update(t).where(t.c.id == bindparam("b_id")), self.event_updates)
@@ -406,7 +436,6 @@ class PlanWriter:
         self.event_updates.clear()
         self.event_deletes.clear()
         self.patient_updates.clear()
-        self._new_rows.clear()
 
 
 def load_states(session: Session, where: Any) -> list[PatientRecord]:

@@ -116,8 +116,9 @@ def test_plans_made_on_one_day_fall_due_for_roll_forward_as_a_steady_daily_share
     assert max(first_roll) <= add_months(made_on, PLAN_AHEAD_MONTHS - ROLL_FORWARD_BELOW_MONTHS) + timedelta(days=1)
 
 
+@pytest.mark.parametrize("converted", [False, True], ids=["as-is", "converted"])
 @pytest.mark.parametrize("copy_from", [1, 1_000_000], ids=["copy", "executemany"])
-def test_insert_rows_writes_what_a_core_insert_writes(database_url: str, copy_from: int,
+def test_insert_rows_writes_what_a_core_insert_writes(database_url: str, copy_from: int, converted: bool,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(db, "COPY_FROM_ROWS", copy_from)  # PostgreSQL: COPY, or executemany
     engine = db.make_engine(database_url)
@@ -136,10 +137,19 @@ def test_insert_rows_writes_what_a_core_insert_writes(database_url: str, copy_fr
                      date(2026, 3, n), "done" if n == 1 else "planned", date(2026, 3, 1) if n == 1 else None,
                      "", "because")
                     for pid in ids for n in (1, 2, 3)]
-            assert insert_rows(conn, e, columns, rows) == 6
+            if converted:  # values made ready once (a plan shared by patients), then written as they are
+                convert = db.row_converter(conn.dialect, e, columns)
+                assert insert_rows(conn, e, columns, [convert(r) for r in rows], converted=True) == 6
+            else:
+                assert insert_rows(conn, e, columns, rows) == 6
             conn.execute(insert(e), [dict(zip(columns, (r[0], "core" + r[1][2:], *r[2:]), strict=True))
                                      for r in rows])
             found = conn.execute(select(e).order_by(e.c.patient_id, e.c.seq, e.c.key)).all()
+            # as stored, not as read back: the same text for the timestamps and dates
+            names = ", ".join(c for c in columns if c != "key")
+            stored = conn.exec_driver_sql(f'SELECT "key", {names} FROM event ORDER BY patient_id, seq').all()
+        assert [tuple(r[1:]) for r in stored if r[0].startswith("r1")] == \
+               [tuple(r[1:]) for r in stored if r[0].startswith("core")]
         mine = [r for r in found if r.key.startswith("r1")]
         core = [r for r in found if r.key.startswith("core")]
         assert len(mine) == len(core) == 6
