@@ -80,6 +80,7 @@ class Event(SQLModel, table=True):
         UniqueConstraint("patient_id", "key"),
         Index("ix_event_status_due", "status", "due"),
         Index("ix_event_status_kind_due", "status", "kind", "due"),  # reminders and gate checks
+        Index("ix_event_status_kind_told_due", "status", "kind", "told", "due"),  # what a pass has left to decide
     )
     id: int | None = Field(default=None, primary_key=True)
     patient_id: int = Field(foreign_key="patient.id")
@@ -97,6 +98,19 @@ class Event(SQLModel, table=True):
     # When the plan gave the event its present date and status: what comes after a
     # day's send_time is told at the next day's (None: before this was kept).
     due_set_at: datetime | None = _ts_null()  # type: ignore[assignment]
+    # What the pass has decided about the event at its present date (scheduler.told):
+    # one bit per kind of message. A change of date, status or patient clears it
+    # (database triggers, migration 0010), so a writer never sets it.
+    told: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+
+
+class EventChange(SQLModel, table=True):
+    """An event changed (or was deleted) since the pass last compared it with what its
+    patient was told: written by the database's triggers, cleared by the pass."""
+
+    __tablename__ = "event_change"  # type: ignore[assignment]
+
+    event_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
 
 
 class Voidable(SQLModel):
