@@ -273,16 +273,24 @@ def _patient_reminders(session: Session, clock: Clock, templates: Templates, kin
         event_kind = "dose"
         window: tuple[Any, ...] = (col(Event.due) == tomorrow, clock.known_by(sent_at))
         only: tuple[Any, ...] = (_first_of_week_only(tomorrow),)
+        decided = window
     else:
         ahead = today + timedelta(days=LAB_REMINDER_DAYS)
         event_kind = "lab"
-        window = (col(Event.due) >= today - timedelta(days=LAB_LATE_REMINDER_DAYS), col(Event.due) <= ahead,
-                  or_(and_(col(Event.due) == ahead, clock.known_by(sent_at)),
+        since = (col(Event.due) >= today - timedelta(days=LAB_LATE_REMINDER_DAYS), col(Event.due) <= ahead)
+        today_s = or_(and_(col(Event.due) == ahead, clock.known_by(sent_at)),
                       and_(col(Event.due_set_at) > clock.send_moment(today - timedelta(days=1)),
-                           col(Event.due_set_at) <= sent_at)))
+                           col(Event.due_set_at) <= sent_at))
+        window = (*since, today_s)
         only = ()
+        # An order whose reminder day came before today (told then, or passed over in a
+        # downtime) is decided too: nothing is sent for it again.
+        passed = and_(col(Event.due) < ahead,
+                      or_(col(Event.due_set_at).is_(None),
+                          col(Event.due_set_at) <= clock.send_moment(today - timedelta(days=1))))
+        decided = (*since, or_(today_s, passed))
     # Every event whose reminder day is today is decided now: told, or not owed.
-    claimed = claim(session, REMINDED, [event_kind], *window)
+    claimed = claim(session, REMINDED, [event_kind], *decided)
     query = (
         select(Event, Patient)
         .join(Patient, col(Patient.id) == col(Event.patient_id))

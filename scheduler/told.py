@@ -58,7 +58,7 @@ def claim(session: Session, bit: int, kinds: Sequence[str], *window: Any) -> lis
     )
     if session.get_bind().dialect.name == "postgresql":
         pick = pick.with_for_update(skip_locked=True)
-    stmt = (update(Event).where(col(Event.id).in_(pick.scalar_subquery()))
+    stmt = (update(Event).where(col(Event.id).in_(pick.scalar_subquery()), col(Event.told).in_(clear_of(bit)))
             .values(told=col(Event.told) + bit).returning(col(Event.id)))
     return sorted(i for (i,) in session.connection().execute(stmt) if i is not None)
 

@@ -123,9 +123,12 @@ def passes(args: argparse.Namespace) -> int:
 def explain(args: argparse.Namespace) -> int:
     """The plans of every statement one empty pass runs (after a first pass at --now)."""
     now = bench.parse_now(args.now)
-    engine = db.make_engine(args.url)
     workdir = Path(tempfile.mkdtemp(prefix="cobalt-empty-pass-"))
     settings = bench.bench_settings(args.url, workdir)
+    if args.patients:
+        info = bench.build(args.url, settings, args.patients, args.templates, now, 1)
+        bench.log(f"built: {info['method']}")
+    engine = db.make_engine(args.url)
     run_pass(engine, settings, now)
     found: list[tuple[str, Any]] = []
 
@@ -169,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--upgrade", action="store_true", help="migrate the databases to this code's head first")
     e = sub.add_parser("explain")
     e.add_argument("url")
+    e.add_argument("--patients", type=int, help="first build this many patients into the (empty) database")
+    e.add_argument("--templates", type=int, default=300)
     args = parser.parse_args(argv)
     return {"build": build, "passes": passes, "explain": explain}[args.command](args)
 
