@@ -50,6 +50,7 @@ def build(args: argparse.Namespace) -> int:
         db.upgrade(engine)
         started = time.perf_counter()
         actions = bench.enrol_templates(engine, settings, local_today(settings, now), args.templates, args.seed)
+        bench.settle_stamps(engine, now)
         engine.dispose()
         bench.log(f"enrolled {args.templates} templates ({actions} actions) in {time.perf_counter() - started:.0f} s")
     for n in args.patients:
