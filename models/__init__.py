@@ -80,7 +80,9 @@ class Event(SQLModel, table=True):
         UniqueConstraint("patient_id", "key"),
         Index("ix_event_status_due", "status", "due"),
         Index("ix_event_status_kind_due", "status", "kind", "due"),  # reminders and gate checks
-        Index("ix_event_status_kind_told_due", "status", "kind", "told", "due"),  # what a pass has left to decide
+        # What a pass has left to decide (scheduler.told); no status column, so no other index
+        # serves the claims (their planner cannot know that the window's rows are the decided ones).
+        Index("ix_event_kind_told_due", "kind", "told", "due"),
     )
     id: int | None = Field(default=None, primary_key=True)
     patient_id: int = Field(foreign_key="patient.id")

@@ -332,7 +332,8 @@ def _changed_notices(session: Session, clock: Clock, templates: Templates) -> in
     today = clock.today
     # Only the events changed (or gone) since a pass last looked, once the change is
     # known by today's send_time; a later one waits for tomorrow's.
-    changed = claim_changes(session, clock.known_by(clock.send_moment(today)))
+    sent_at = clock.send_moment(today)
+    changed = claim_changes(session, lambda stamp: (known := clock.known_since(stamp)) is None or known <= sent_at)
     return sum(_changed_among(session, clock, templates, chunk) for chunk in chunked(changed))
 
 

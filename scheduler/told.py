@@ -1,10 +1,10 @@
 """What the pass has decided: the marks that keep an empty pass from rereading the day.
 
 Each kind of message a pass decides from the plan has one bit in ``event.told``.
-A pass claims the planned events of a kind's window whose bit is clear, sets it
-in the same statement, and decides on exactly those rows in the same
-transaction: the reminder is queued, or it is not owed (already told, the
-patient cannot be reached, not the first loading dose of its week). A later
+A pass claims the events of a kind's window whose bit is clear (of any status),
+sets it, and decides on exactly those rows in the same transaction: the
+reminder is queued, or it is not owed (already told, the patient cannot be
+reached, not the first loading dose of its week, done). A later
 pass reads only rows still clear, so its work follows what changed, not how
 many patients there are (docs/decisions.md, "Told marks").
 
@@ -23,14 +23,16 @@ waits for our commit, comes after our mark.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, or_, update
+from sqlalchemy import delete, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from models import Event, EventChange
+from scheduler.db import chunked
 
 REMINDED = 1  # the dose reminder (the day before) or the blood-test reminder
 MISSED = 2  # the "we missed you" follow-up
@@ -40,40 +42,54 @@ ALL = REMINDED | MISSED | OVERDUE
 
 def clear_of(bit: int) -> tuple[int, ...]:
     """The mark values without ``bit``: an ``IN`` list, so the index range holds only
-    the rows still to decide (``ix_event_status_kind_told_due``)."""
+    the rows still to decide (``ix_event_kind_told_due``)."""
     if bit not in (REMINDED, MISSED, OVERDUE):
         raise ValueError(f"not a mark: {bit}")
     return tuple(value for value in range(ALL + 1) if not value & bit)
 
 
 def claim(session: Session, bit: int, kinds: Sequence[str], *window: Any) -> list[int]:
-    """Set ``bit`` on the planned events of ``kinds`` in ``window`` that lack it; their ids.
+    """Set ``bit`` on the events of ``kinds`` in ``window`` that lack it; their ids.
 
-    The caller decides on these rows in the same transaction: a rollback leaves them
-    to the next pass.
+    Events of every status are marked: one done or cancelled is decided too (nothing
+    is owed for it), and a change of status clears its marks. So the claim needs no
+    status, and only ``ix_event_kind_told_due`` serves it: with a status, PostgreSQL
+    would choose ``ix_event_status_kind_due`` and read the whole window, its statistics
+    not knowing that the window's rows are the decided ones. The caller decides on the
+    planned rows among these in the same transaction: a rollback leaves them all to the
+    next pass.
     """
     pick = select(col(Event.id)).where(
-        col(Event.status) == "planned", col(Event.kind).in_(list(kinds)), col(Event.told).in_(clear_of(bit)),
-        *window,
+        col(Event.kind).in_(list(kinds)), col(Event.told).in_(clear_of(bit)), *window,
     )
     if session.get_bind().dialect.name == "postgresql":
         pick = pick.with_for_update(skip_locked=True)
-    stmt = (update(Event).where(col(Event.id).in_(pick.scalar_subquery()), col(Event.told).in_(clear_of(bit)))
-            .values(told=col(Event.told) + bit).returning(col(Event.id)))
-    return sorted(i for (i,) in session.connection().execute(stmt) if i is not None)
+    conn = session.connection()
+    ids = sorted(i for (i,) in conn.execute(pick) if i is not None)
+    # By id, apart: as one statement (id IN (SELECT ...)), PostgreSQL's planner may join
+    # the window to a scan of the whole table. The rows are locked until the commit.
+    for chunk in chunked(ids):
+        conn.execute(update(Event).where(col(Event.id).in_(chunk)).values(told=col(Event.told) + bit))
+    return ids
 
 
-def claim_changes(session: Session, ready: Any) -> list[int]:
-    """Take the listed changes of events that are gone or for which ``ready`` holds; their
-    ids (the rest wait for a later pass)."""
-    pick = (select(col(EventChange.event_id))
-            .join(Event, col(Event.id) == col(EventChange.event_id), isouter=True)
-            .where(or_(col(Event.id).is_(None), ready)))
-    if session.get_bind().dialect.name == "postgresql":
-        pick = pick.with_for_update(of=EventChange, skip_locked=True)  # type: ignore[arg-type]
-    stmt = (delete(EventChange).where(col(EventChange.event_id).in_(pick.scalar_subquery()))
-            .returning(col(EventChange.event_id)))
-    return sorted(i for (i,) in session.connection().execute(stmt) if i is not None)
+def claim_changes(session: Session, ready: Callable[[datetime | None], bool]) -> list[int]:
+    """Take the listed changes of events that are gone or whose date stamp is ``ready``;
+    their ids. The rest go back on the list for a later pass.
+
+    The list is taken first (``DELETE ... RETURNING``) and the events read after, so a
+    change committed meanwhile is either seen here or listed again by its writer, whose
+    insert waits for this transaction.
+    """
+    conn = session.connection()
+    taken = sorted(i for (i,) in conn.execute(delete(EventChange).returning(col(EventChange.event_id))))
+    stamps: dict[int, datetime | None] = {}
+    for chunk in chunked(taken):
+        stamps.update((i, at) for i, at in conn.execute(
+            select(col(Event.id), col(Event.due_set_at)).where(col(Event.id).in_(chunk))) if i is not None)
+    later = [i for i in taken if i in stamps and not ready(stamps[i])]
+    list_changes(session, later)
+    return [i for i in taken if i not in stamps or ready(stamps[i])]
 
 
 def list_changes(session: Session, event_ids: Sequence[int]) -> None:

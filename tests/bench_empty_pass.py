@@ -143,9 +143,9 @@ def explain(args: argparse.Namespace) -> int:
     seen = set()
     for statement, parameters in found:
         what = bench.label(statement)
-        if what in seen:
+        if statement in seen:
             continue
-        seen.add(what)
+        seen.add(statement)
         with engine.connect() as conn:
             if engine.dialect.name == "sqlite":
                 plan = [r[3] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)]

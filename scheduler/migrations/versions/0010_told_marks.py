@@ -93,7 +93,7 @@ POSTGRES_TRIGGERS = (
 
 def upgrade() -> None:
     op.add_column('event', sa.Column('told', sa.Integer(), nullable=False, server_default='0'))
-    op.create_index('ix_event_status_kind_told_due', 'event', ['status', 'kind', 'told', 'due'])
+    op.create_index('ix_event_kind_told_due', 'event', ['kind', 'told', 'due'])
     op.create_table(
         'event_change',
         sa.Column('event_id', sa.Integer(), autoincrement=False, nullable=False),
@@ -122,6 +122,6 @@ def downgrade() -> None:
         for name in ('patient_told_cleared', 'event_gone', 'event_told_cleared'):
             op.execute(f"DROP TRIGGER {name}")
     op.drop_table('event_change')
-    op.drop_index('ix_event_status_kind_told_due', table_name='event')
+    op.drop_index('ix_event_kind_told_due', table_name='event')
     # A plain DROP COLUMN: a batch copy of `event` would drop the other tables' view of it.
     op.drop_column('event', 'told')
