@@ -95,6 +95,9 @@ class Event(TableModel, table=True):
         UniqueConstraint("patient_id", "key"),
         Index("ix_event_status_due", "status", "due"),
         Index("ix_event_status_kind_due", "status", "kind", "due"),  # reminders and gate checks
+        # What a pass has left to decide (scheduler.told); no status column, so no other index
+        # serves the claims (their planner cannot know that the window's rows are the decided ones).
+        Index("ix_event_kind_told_due", "kind", "told", "due"),
     )
     id: int | None = Field(default=None, primary_key=True)
     patient_id: int = Field(foreign_key="patient.id")
@@ -112,12 +115,16 @@ class Event(TableModel, table=True):
     # When the plan gave the event its present date and status: what comes after a
     # day's send_time is told at the next day's (None: before this was kept).
     due_set_at: datetime | None = ts_null()  # type: ignore[assignment]
+    # What the pass has decided about the event at its present date (scheduler.told):
+    # one bit per kind of message. A change of date, status or patient clears it
+    # (database triggers, migration 0010), so a writer never sets it.
+    told: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 # What is defined where: loaded on first use.
 _LAZY = {
     **dict.fromkeys(("Voidable", "Dose", "LabResult", "Decision", "EventMove", "Audit"), "models.records"),
-    **dict.fromkeys(("Outbox", "MailServer", "PassMark"), "models.outbox"),
+    **dict.fromkeys(("Outbox", "MailServer", "PassMark", "EventChange"), "models.outbox"),
     "Alert": "models.alert",
     "User": "models.user",
 }
@@ -143,6 +150,7 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:
     from models.alert import Alert as Alert
+    from models.outbox import EventChange as EventChange
     from models.outbox import MailServer as MailServer
     from models.outbox import Outbox as Outbox
     from models.outbox import PassMark as PassMark

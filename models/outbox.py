@@ -75,3 +75,13 @@ class PassMark(TableModel, table=True):
     name: str = Field(primary_key=True, max_length=32)
     day: date
     at: datetime = ts()  # type: ignore[assignment]
+
+
+class EventChange(TableModel, table=True):
+    """An event changed (or was deleted) since the pass last compared it with what its
+    patient was told: written by the database's triggers (migration 0010), cleared by
+    the pass (scheduler.told)."""
+
+    __tablename__ = "event_change"  # type: ignore[assignment]
+
+    event_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})

@@ -55,6 +55,7 @@ from sqlmodel import Session, col, select
 from models import Event, LabResult, MailServer, Outbox, PassMark, Patient
 from scheduler.config import Settings
 from scheduler.db import chunked, transaction
+from scheduler.domain import Kind
 from scheduler.export_ics import reminder_calendars
 from scheduler.mailer import (
     FileMailer,
@@ -67,6 +68,9 @@ from scheduler.mailer import (
 from scheduler.messages import PATIENT_KINDS, Message, Templates, make_message_id
 from scheduler.safety import list_open_alerts, mark_notified, open_alert_count, pending_urgent_alerts
 from scheduler.store import drug_of, regimen_drugs
+from scheduler.told import MISSED as MISSED_MARK
+from scheduler.told import OVERDUE as OVERDUE_MARK
+from scheduler.told import REMINDED, claim, claim_changes, list_changes
 from scheduler.worklist import group_overdue
 
 log = logging.getLogger("cobalt.outbox")
@@ -92,6 +96,7 @@ PATIENT_MESSAGES_MARK = "patient-messages"
 DIGEST_UPCOMING_DAYS = 7  # SPEC: the digest lists what is due in the next 7 days
 DIGEST_SECTION_LIMIT = 300  # items listed per digest section; the rest are counted (`cobalt due` lists all)
 MAX_BACKOFF = timedelta(days=1)
+EVENT_KINDS = tuple(kind.value for kind in Kind)
 QUEUE_BATCH = 500
 
 
@@ -278,19 +283,32 @@ def _patient_reminders(session: Session, clock: Clock, templates: Templates, kin
     sent_at = clock.send_moment(today)
     if kind == DOSE_REMINDER:
         tomorrow = today + timedelta(days=1)
-        window: tuple[Any, ...] = (col(Event.kind) == "dose", col(Event.due) == tomorrow,
-                                   clock.known_by(sent_at), _first_of_week_only(tomorrow))
+        event_kind = "dose"
+        window: tuple[Any, ...] = (col(Event.due) == tomorrow, clock.known_by(sent_at))
+        only: tuple[Any, ...] = (_first_of_week_only(tomorrow),)
+        decided = window
     else:
         ahead = today + timedelta(days=LAB_REMINDER_DAYS)
-        window = (col(Event.kind) == "lab", col(Event.due) >= today - timedelta(days=LAB_LATE_REMINDER_DAYS),
-                  col(Event.due) <= ahead,
-                  or_(and_(col(Event.due) == ahead, clock.known_by(sent_at)),
+        event_kind = "lab"
+        since = (col(Event.due) >= today - timedelta(days=LAB_LATE_REMINDER_DAYS), col(Event.due) <= ahead)
+        today_s = or_(and_(col(Event.due) == ahead, clock.known_by(sent_at)),
                       and_(col(Event.due_set_at) > clock.send_moment(today - timedelta(days=1)),
-                           col(Event.due_set_at) <= sent_at)))
+                           col(Event.due_set_at) <= sent_at))
+        window = (*since, today_s)
+        only = ()
+        # An order whose reminder day came before today (told then, or passed over in a
+        # downtime) is decided too: nothing is sent for it again.
+        passed = and_(col(Event.due) < ahead,
+                      or_(col(Event.due_set_at).is_(None),
+                          col(Event.due_set_at) <= clock.send_moment(today - timedelta(days=1))))
+        decided = (*since, or_(today_s, passed))
+    # Every event whose reminder day is today is decided now: told, or not owed.
+    claimed = claim(session, REMINDED, [event_kind], *decided)
     query = (
         select(Event, Patient)
         .join(Patient, col(Patient.id) == col(Event.patient_id))
-        .where(Event.status == "planned", *window, *_reachable(), _not_told(kind))
+        .where(Event.status == "planned", col(Event.kind) == event_kind, *window, *only, *_reachable(),
+               _not_told(kind))
         .order_by(col(Event.due), col(Event.id))
         .limit(QUEUE_BATCH)
     )
@@ -310,7 +328,7 @@ def _patient_reminders(session: Session, clock: Clock, templates: Templates, kin
             ))
         return out
 
-    return _queue_in_batches(session, query, drafts, clock, templates, single_day=kind == DOSE_REMINDER)
+    return _queue_claimed(session, claimed, query, drafts, clock, templates, single_day=kind == DOSE_REMINDER)
 
 
 def _changed_notices(session: Session, clock: Clock, templates: Templates) -> int:
@@ -325,13 +343,23 @@ def _changed_notices(session: Session, clock: Clock, templates: Templates) -> in
     if not clock.after_send_time:
         return 0
     today = clock.today
+    # Only the events changed (or gone) since a pass last looked, once the change is
+    # known by today's send_time; a later one waits for tomorrow's.
+    sent_at = clock.send_moment(today)
+    changed = claim_changes(session, lambda stamp: (known := clock.known_since(stamp)) is None or known <= sent_at)
+    return sum(_changed_among(session, clock, templates, chunk) for chunk in chunked(changed))
+
+
+def _changed_among(session: Session, clock: Clock, templates: Templates, event_ids: Sequence[int]) -> int:
+    today = clock.today
     query = (
         select(Outbox, Event, Patient)
         .join(Patient, col(Patient.id) == col(Outbox.patient_id))
         .join(Event, col(Event.id) == col(Outbox.event_id), isouter=True)
         # Read through (kind, event_due, event_id): the messages about dates still ahead.
         # Whether one was sent is checked below, so no plan reads every sent row by status.
-        .where(col(Outbox.kind).in_([DOSE_REMINDER, LAB_REMINDER, CHANGED]), col(Outbox.event_due) >= today,
+        .where(col(Outbox.event_id).in_(event_ids),
+               col(Outbox.kind).in_([DOSE_REMINDER, LAB_REMINDER, CHANGED]), col(Outbox.event_due) >= today,
                col(Patient.opted_out).is_(False),
                col(Patient.email).is_not(None),
                or_(col(Event.id).is_(None),
@@ -340,7 +368,11 @@ def _changed_notices(session: Session, clock: Clock, templates: Templates) -> in
                         col(Event.due) >= today, clock.known_by(clock.send_moment(today)))))
         .order_by(col(Outbox.id))
     )
-    rows = [row for row in session.exec(query) if row[0].status == "sent"]
+    rows = list(session.exec(query))
+    # A message still on its way may yet be sent: look at its event again next pass.
+    list_changes(session, [told.event_id for told, _, _ in rows
+                           if told.status in ("queued", "sending") and told.event_id is not None])
+    rows = [row for row in rows if row[0].status == "sent"]
     if not rows:
         return 0
 
@@ -360,10 +392,13 @@ def _changed_notices(session: Session, clock: Clock, templates: Templates) -> in
             .where(col(Event.status) == "planned", col(Event.due).in_(days), col(Event.patient_id).in_(chunk))
         ))
     drafts: dict[str, _Draft] = {}
+    held: list[int] = []  # the day told still holds, for now: look again next pass
     for told, event, patient in rows:
         assert patient.email is not None and told.event_due is not None
         kind = kind_of(told, event)
         if (patient.id, kind, told.event_due) in still_on:
+            if told.event_id is not None:
+                held.append(told.event_id)
             continue
         lab = kind == "lab"
         new = event.due if event is not None and event.status == "planned" else None
@@ -377,6 +412,7 @@ def _changed_notices(session: Session, clock: Clock, templates: Templates) -> in
             context={"clinic": _clinic(clock.settings), "patient": {"name": patient.name},
                      "what": "blood test" if lab else "appointment", "old": told.event_due, "new": new},
         )
+    list_changes(session, held)
     done = set(session.exec(select(col(Outbox.dedupe_key)).where(col(Outbox.dedupe_key).in_(list(drafts)))))
     return _insert(session, templates, clock.settings, [d for k, d in drafts.items() if k not in done], clock.now)
 
@@ -387,6 +423,7 @@ def _missed_followups(session: Session, clock: Clock, templates: Templates) -> i
         return 0
     today = clock.today
     day = today - timedelta(days=clock.settings.clinic.missed_after_days)
+    claimed = claim(session, MISSED_MARK, ["dose"], col(Event.due) == day)
     query = (
         select(Event, Patient)
         .join(Patient, col(Patient.id) == col(Event.patient_id))
@@ -406,7 +443,7 @@ def _missed_followups(session: Session, clock: Clock, templates: Templates) -> i
             for event, patient in rows
         ]
 
-    return _queue_in_batches(session, query, drafts, clock, templates, single_day=True)
+    return _queue_claimed(session, claimed, query, drafts, clock, templates, single_day=True)
 
 
 def notice_stale_reason(row: Outbox, event: Event | None, patient: Patient | None) -> str | None:
@@ -599,11 +636,21 @@ def _queue_in_batches(session: Session, query: Any, make_drafts: Callable[[list[
             page = query.where(tuple_(col(Event.due), col(Event.id)) > tuple_(last.due, last.id))
 
 
+def _queue_claimed(session: Session, claimed: Sequence[int], query: Any,
+                   make_drafts: Callable[[list[Any]], list[_Draft]], clock: Clock, templates: Templates,
+                   *, single_day: bool = False) -> int:
+    """Queue what ``query`` finds among the events this pass just claimed."""
+    return sum(_queue_in_batches(session, query.where(col(Event.id).in_(chunk)), make_drafts, clock, templates,
+                                 single_day=single_day)
+               for chunk in chunked(claimed))
+
+
 def _overdue_notices(session: Session, clock: Clock, templates: Templates) -> int:
     today = clock.today
     latest = today - timedelta(days=1 if clock.after_send_time else 2)
     earliest = today - timedelta(days=clock.settings.scheduler.overdue_catch_up_days)
     recipient = clock.settings.clinic.email
+    claimed = claim(session, OVERDUE_MARK, EVENT_KINDS, col(Event.due) >= earliest, col(Event.due) <= latest)
     query = (
         select(Event, Patient)
         .join(Patient, col(Patient.id) == col(Event.patient_id))
@@ -630,7 +677,7 @@ def _overdue_notices(session: Session, clock: Clock, templates: Templates) -> in
             for event, patient in rows
         ]
 
-    return _queue_in_batches(session, query, drafts, clock, templates)
+    return _queue_claimed(session, claimed, query, drafts, clock, templates)
 
 
 def _digest(session: Session, clock: Clock, templates: Templates) -> int:
@@ -883,7 +930,9 @@ def _claim(engine: Engine, settings: Settings, now: datetime, token: str, lease_
     until ``lease_until``, which the sender renews while it works."""
     ready = _ready(now)
     with transaction(engine) as session:
-        pick = select(Outbox.id).where(ready).order_by(col(Outbox.id)).limit(settings.scheduler.batch_size)
+        # Oldest first, but by ``id + 0``: ordered by the bare id, a planner with statistics of a
+        # large outbox walks the whole table in id order instead of the two status indexes.
+        pick = select(Outbox.id).where(ready).order_by(col(Outbox.id) + 0).limit(settings.scheduler.batch_size)
         if engine.dialect.name == "postgresql":
             pick = pick.with_for_update(skip_locked=True)
         ids = [row for row in session.exec(pick)]

@@ -60,8 +60,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, text
-from sqlmodel import Session, select
+from sqlalchemy import Engine, create_engine, delete, event, func, text, update
+from sqlmodel import Session, col, select
 
 from models import Event, Outbox, Patient, metadata
 from scheduler import db, service
@@ -302,6 +302,19 @@ def _bulk_load(engine: Engine) -> Iterator[Callable[[str, dict[str, Any]], None]
         log(f"  built {len(indexes)} indexes in {time.perf_counter() - started:.1f} s")
 
 
+def settle_stamps(engine: Engine, now: datetime) -> None:
+    """As in a running clinic, no event got its date after the pass's ``now``: the templates'
+    ``due_set_at`` (the build's wall clock, which may be later than --now) is set to two days
+    before ``now``, and those changes are not listed as news for the pass (``event_change``).
+    Run on the templates, before replication."""
+    from models import EventChange  # here: the script also measures code from before it
+
+    with Session(engine) as session, session.begin():
+        session.execute(update(Event).where(col(Event.due_set_at) > now)
+                        .values(due_set_at=now - timedelta(days=2)))
+        session.execute(delete(EventChange))
+
+
 def spread_planned_through(engine: Engine, today: date) -> None:
     """As a running clinic has it: plans were made over the last month, so planned_through is
     spread over [threshold, threshold + 30 days]; one day's share (1/31) is below the threshold."""
@@ -328,6 +341,7 @@ def build(url: str, settings: Settings, patients: int, templates: int, now: date
     info["service_actions"] = actions
     log(f"enrolled {templates} template patients through scheduler.service ({actions} actions) "
         f"in {info['templates_seconds']:.1f} s")
+    settle_stamps(engine, now)
     started = time.perf_counter()
     replicate(engine, templates, patients)
     spread_planned_through(engine, today)
@@ -889,6 +903,7 @@ def quick(args: argparse.Namespace, now: datetime) -> int:
         db.upgrade(engine)
         started = time.perf_counter()
         actions = enrol_templates(engine, settings, local_today(settings, now), args.templates, args.seed)
+        settle_stamps(engine, now)
         engine.dispose()
         log(f"enrolled {args.templates} templates ({actions} actions) in {time.perf_counter() - started:.0f} s")
         sink = SmtpSink().start()
