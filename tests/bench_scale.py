@@ -353,6 +353,14 @@ def build(url: str, settings: Settings, patients: int, templates: int, now: date
         f"{info['replicate_seconds']:.1f} s")
     info["method"] = (f"{templates} enrolled through scheduler.service, replicated set-based "
                       f"(INSERT ... SELECT) to {patients}")
+    describe(engine, info)
+    engine.dispose()
+    return info
+
+
+def describe(engine: Engine, info: dict[str, Any]) -> None:
+    """What the built database holds: rows per table, its size, active patients, and the
+    patients whose next planned dose is in loading or in maintenance."""
     info["rows"] = table_counts(engine)
     info["db_bytes"] = database_bytes(engine)
     with db.transaction(engine) as session:
@@ -362,8 +370,6 @@ def build(url: str, settings: Settings, patients: int, templates: int, now: date
             select(Event.phase, func.count(func.distinct(Event.patient_id)))
             .where(Event.status == "planned", Event.kind == "dose").group_by(Event.phase)).all()
         info["patients_with_next_dose"] = dict(phases)
-    engine.dispose()
-    return info
 
 
 def table_counts(engine: Engine) -> dict[str, int]:
@@ -1090,15 +1096,8 @@ def existing_build(url: str) -> dict[str, Any] | None:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text("ANALYZE"))
         info: dict[str, Any] = {"templates_seconds": 0.0, "replicate_seconds": 0.0, "service_actions": 0,
-                                "method": "built before (--db), measured as it is",
-                                "rows": table_counts(engine), "db_bytes": database_bytes(engine)}
-        with db.transaction(engine) as session:
-            info["active"] = session.exec(
-                select(func.count()).select_from(Patient).where(Patient.status == "active")).one()
-            phases = session.exec(
-                select(Event.phase, func.count(func.distinct(Event.patient_id)))
-                .where(Event.status == "planned", Event.kind == "dose").group_by(Event.phase)).all()
-            info["patients_with_next_dose"] = dict(phases)
+                                "method": "built before (--db), measured as it is"}
+        describe(engine, info)
         return info
     finally:
         engine.dispose()
