@@ -29,7 +29,7 @@ class Dose(Voidable, table=True):
               sqlite_where=_IN_FORCE, postgresql_where=_IN_FORCE),
     )
     id: int | None = Field(default=None, primary_key=True)
-    patient_id: int = Field(foreign_key="patient.id")
+    patient_id: int = Field(foreign_key="patient.id", index=True)  # a patient's doses, voided ones too
     event_key: str = Field(max_length=64)
     given_on: date
     recorded_by: str = Field(max_length=64)
