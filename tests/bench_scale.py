@@ -155,6 +155,19 @@ def _simulate(session: Any, ctx: service.Context, mrn: str, cutoff: date, skip_l
         actions += 1
 
 
+def protocol_mix(rng: random.Random) -> tuple[str, int]:
+    """A protocol and maintenance interval in a clinic's proportions: hydroxo every 3
+    months 60 %, hydroxo-neuro 15 %, cyano 10 %, hydroxo every 2 months 15 %."""
+    roll = rng.random()
+    if roll < 0.15:
+        return "hydroxo-neuro", 2
+    if roll < 0.25:
+        return "cyano", 1
+    if roll < 0.40:
+        return "hydroxo", 2
+    return "hydroxo", 3
+
+
 def enrol_templates(engine: Engine, settings: Settings, today: date, count: int, seed: int) -> int:
     """Enrol ``count`` patients through the service and record their history. Returns actions."""
     rng = random.Random(seed)
@@ -163,14 +176,7 @@ def enrol_templates(engine: Engine, settings: Settings, today: date, count: int,
     actions = 0
     for n in range(1, count + 1):
         mrn = f"T{n:06d}"
-        roll = rng.random()
-        protocol, months = ("hydroxo", 3)
-        if roll < 0.15:
-            protocol, months = "hydroxo-neuro", 2
-        elif roll < 0.25:
-            protocol, months = "cyano", 1
-        elif roll < 0.40:
-            protocol, months = "hydroxo", 2
+        protocol, months = protocol_mix(rng)
         # Most patients started over the last three years; some in the last six weeks (loading).
         if rng.random() < 0.08:
             start = today - timedelta(days=rng.randrange(0, 42))
@@ -712,14 +718,7 @@ def write_import_csv(path: Path, patients: int, today: date, seed: int) -> None:
     with path.open("w", encoding="utf-8") as f:
         f.write("mrn,name,email,protocol,start,neuro,maintenance_months\n")
         for n in range(1, patients + 1):
-            roll = rng.random()
-            protocol, months = ("hydroxo", 3)
-            if roll < 0.15:
-                protocol, months = "hydroxo-neuro", 2
-            elif roll < 0.25:
-                protocol, months = "cyano", 1
-            elif roll < 0.40:
-                protocol, months = "hydroxo", 2
+            protocol, months = protocol_mix(rng)
             start = today - timedelta(days=rng.randrange(0, 60))
             email = "" if rng.random() < 0.08 else f"i{n}@patient.example"
             neuro = "true" if protocol == "hydroxo-neuro" else "false"
