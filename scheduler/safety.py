@@ -135,7 +135,7 @@ def due_for_alert_check(session: Session, today: date) -> list[Patient]:
 
     Most rules change only when something is recorded (and the patient is
     replanned then); the response gate goes off when a date passes. A pass
-    replans these patients (``store.replan_many``) so that alert is raised on time.
+    replans these patients (``store.replan_set``) so that alert is raised on time.
     Reads through the (status, kind, due) index of the events.
     """
     late = today - timedelta(days=RESPONSE_GATE_GRACE_DAYS)

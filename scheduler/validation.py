@@ -43,7 +43,7 @@ def email_problem(value: str) -> tuple[str, str | None]:
     local, at, domain = text.rpartition("@")
     if at and _PLAIN_LOCAL.fullmatch(local) and len(text) <= _MAX_ADDRESS:
         # A plain ASCII dot-atom local part is valid as it is: only the domain needs
-        # the library, and a cohort shares a few domains (tests/test_validation.py
+        # the library, and a cohort shares a few domains (tests/test_bulk_write.py
         # checks this path against the library's own answer).
         normalised = _domain(domain)
         if normalised is not None and len(local) + 1 + len(normalised) <= _MAX_ADDRESS:
