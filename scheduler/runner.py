@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import traceback
 from datetime import UTC, datetime
 from types import FrameType
 
-from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.schedulers.base import STATE_STOPPED, BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -82,13 +83,34 @@ def build_scheduler(engine: Engine, settings: Settings,
     return scheduler
 
 
+def request_stop(scheduler: BaseScheduler) -> threading.Thread | None:
+    """Shut ``scheduler`` down from a thread of its own.
+
+    A signal handler runs in the main thread, which is also the thread that
+    processes the jobs of a blocking scheduler: shutting down from the handler
+    would re-enter the job stores' lock in the middle of that processing and
+    empty the store under it (APScheduler then fails with ``JobLookupError``).
+    From another thread the shutdown waits for the lock, so the processing
+    finishes first. A second signal while stopping does nothing."""
+    if scheduler.state == STATE_STOPPED:
+        return None
+
+    def shut_down() -> None:
+        if scheduler.state != STATE_STOPPED:
+            scheduler.shutdown(wait=False)
+
+    thread = threading.Thread(target=shut_down, name="cobalt-stop")
+    thread.start()
+    return thread
+
+
 def run_forever(engine: Engine, settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     scheduler = build_scheduler(engine, settings)
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         log.info("received signal %d: stopping after the running job", signum)
-        scheduler.shutdown(wait=False)
+        request_stop(scheduler)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -7,15 +7,17 @@ import collections
 import os
 import signal
 import subprocess
+import threading
 import time
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from apscheduler.schedulers.blocking import BlockingScheduler
 from conftest import COBALT
 from freezegun import freeze_time
 from smtp_sink import SmtpSink
 
-from scheduler.runner import build_scheduler
+from scheduler.runner import build_scheduler, request_stop
 
 pytestmark = pytest.mark.slow
 
@@ -51,6 +53,30 @@ def test_run_adds_a_coalescing_pass_a_delivery_every_lease_and_a_digest_at_send_
     digest = jobs["digest"].trigger
     fire = digest.get_next_fire_time(None, datetime(2026, 3, 28, 12, 0, tzinfo=UTC))
     assert fire.isoformat() == "2026-03-29T08:00:00+02:00"  # after the clock change
+
+
+def _noop() -> None:
+    pass
+
+
+def test_a_stop_signal_while_the_jobs_are_processed_waits_for_them_and_then_stops_the_scheduler():
+    scheduler = BlockingScheduler(timezone="UTC")
+    scheduler.add_job(_noop, "interval", hours=1, id="pass")
+    main = threading.Thread(target=scheduler.start, name="main-loop")
+    main.start()
+    assert wait_for(lambda: scheduler.running, timeout=10)
+    # The job stores' lock is what the main loop holds while it processes the jobs.
+    with scheduler._jobstores_lock:
+        stopper = request_stop(scheduler)
+        assert stopper is not None
+        time.sleep(0.2)
+        # The stop waits for the processing to end: the jobs it works on are still there.
+        assert [job.id for job in scheduler._jobstores["default"].get_all_jobs()] == ["pass"]
+    stopper.join(timeout=10)
+    main.join(timeout=10)
+    assert not main.is_alive()
+    assert not scheduler.running
+    assert request_stop(scheduler) is None  # a second signal does nothing
 
 
 def test_cobalt_run_sends_reminders_and_stops_cleanly_on_sigterm(clinic):
