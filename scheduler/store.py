@@ -404,7 +404,6 @@ class PlanWriter:
         self.event_deletes.clear()
         self.patient_updates.clear()
 
-
     def _held_in_line(self) -> None:
         """The session's objects of the rows just updated take their new values, and
         those of the rows deleted leave the session, as if the ORM had written them: an
