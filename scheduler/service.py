@@ -806,9 +806,9 @@ def void_record(session: Session, ctx: Context, mrn: str, event_id: int, reason:
         row.voided_at, row.voided_by, row.void_reason = now, ctx.actor[:64], reason[:400]
         session.add(row)
     session.flush()
-    record = replan(session, patient, ctx.calendar, ctx.today, policy=ctx.policy)
+    replan(session, patient, ctx.calendar, ctx.today, policy=ctx.policy)
     if isinstance(found[0], LabResult):
-        pernicious = is_pernicious(record.lab_results())
+        pernicious = is_pernicious(record.lab_results())  # the results just voided no longer count
         if pernicious != patient.pernicious:
             patient.pernicious = pernicious
             session.add(patient)

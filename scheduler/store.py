@@ -1,9 +1,12 @@
 """Between the tables and the pure core: load what the planner needs, save what
 it returns. This module decides nothing; ``planning`` and ``alerts`` do.
 
-Loading is set-based: ``replan_many`` reads the regimens, doses, results,
-decisions and events of a whole batch of patients with one query per table, so
+Planning writes through one set-based path: ``replan_set`` reads the regimens,
+doses, results, decisions and events of a whole batch of patients with one query
+per table and ``PlanWriter`` writes what changed with one statement a table, so
 rolling a million plans forward costs a few queries per few hundred patients.
+Import, the pass's roll-forward and every action of the service (``replan``: one
+patient) bring events and alerts in line with a plan through it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, delete, update
 from sqlalchemy import select as core_select
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 from sqlmodel import Session, col, select
 
 from models import Event, Patient, Regimen
@@ -154,24 +159,6 @@ def load_record(session: Session, patient: Patient) -> PatientRecord:
     return load_records(session, [patient])[0]
 
 
-def replan_many(session: Session, patients: Sequence[Patient], calendar: ClinicCalendar,
-                today: date, *, policy: AlertPolicy = DEFAULT_POLICY) -> list[PatientRecord]:
-    """Plan each patient afresh from what was recorded, bring the events in line, then
-    the safety alerts (``policy``: the clinic's thresholds, also for the extra lab orders)."""
-    from scheduler import safety  # noqa: PLC0415 (safety builds on this module)
-
-    records = load_records(session, patients)
-    live = safety.live_alerts(session, [r.patient.id for r in records if r.patient.id is not None])
-    for record in records:
-        made = plan_record(record, calendar, today, policy)
-        save_plan(session, record, made.events)
-        safety.sync_alerts(session, record, made.events, made.seen, policy, live=live)
-        record.patient.planned_through = made.planned_through
-        session.add(record.patient)
-    session.flush()
-    return records
-
-
 @dataclass(frozen=True)
 class Replanned:
     """What planning a patient's record afresh gives."""
@@ -201,8 +188,11 @@ def plan_record(record: PatientRecord, calendar: ClinicCalendar, today: date,
 
 
 def replan(session: Session, patient: Patient, calendar: ClinicCalendar, today: date, *,
-           policy: AlertPolicy = DEFAULT_POLICY) -> PatientRecord:
-    return replan_many(session, [patient], calendar, today, policy=policy)[0]
+           policy: AlertPolicy = DEFAULT_POLICY) -> None:
+    """Plan one patient afresh and bring their events and alerts in line: ``replan_set``
+    for one, in the session's transaction (what the session holds is flushed first)."""
+    assert patient.id is not None, "the patient row is flushed before it is planned"
+    replan_set(session, [patient.id], calendar, today, policy=policy)
 
 
 def event_values(planned: domain.PlannedEvent) -> dict[str, Any]:
@@ -223,35 +213,6 @@ def event_row(planned: domain.PlannedEvent) -> tuple[Any, ...]:
     # ``_value_``: the member's value without the ``value`` property's cost (a row a call)
     return (planned.kind._value_, planned.phase._value_, planned.seq, planned.label, planned.due,
             planned.status._value_, planned.done_on, " ".join(planned.tests), planned.because[:400])
-
-
-def save_plan(session: Session, record: PatientRecord, events: Iterable[domain.PlannedEvent]) -> None:
-    """Insert new events, update changed ones, drop ones the plan no longer has.
-
-    Rows are matched by the planner's natural key, so an event keeps its id
-    while it exists (a moved dose is the same row with a new due date).
-    """
-    existing = {e.key: e for e in record.events}
-    now = utcnow()
-    kept: list[Event] = []
-    for planned in events:
-        values = event_values(planned)
-        row = existing.pop(planned.key, None)
-        if row is None:
-            row = Event(patient_id=record.patient.id or 0, key=planned.key, updated_at=now, due_set_at=now,
-                        **values)
-            session.add(row)
-        elif any(getattr(row, name) != values[name] for name in EVENT_FIELDS):
-            if row.due != values["due"] or row.status != values["status"]:
-                row.due_set_at = now  # reminders and changed messages count from here
-            for name, value in values.items():
-                setattr(row, name, value)
-            row.updated_at = now
-            session.add(row)
-        kept.append(row)
-    if existing:
-        session.execute(delete(Event).where(col(Event.id).in_([e.id for e in existing.values()])))
-    record.events = kept
 
 
 def event_json(event: Event | Any) -> dict[str, Any]:
@@ -332,8 +293,13 @@ class PlanWriter:
     """Rows to insert, update and delete for a batch of patients, written together:
     inserts by one DBAPI ``executemany`` a table (``db.insert_rows``: values converted
     once per distinct value), updates by one ``executemany``, no ORM object per row and
-    nothing read back. Import and roll-forward plan through this; the service's one
-    patient at a time goes through ``replan``.
+    nothing read back. Import, roll-forward and the service's actions (``replan``)
+    plan through this.
+
+    Rows are matched by the planner's natural key, so an event keeps its id while it
+    exists (a moved dose is the same row with a new due date); events the plan no
+    longer has are deleted. The session's objects of the rows written are kept in
+    line with them (``flush``).
 
     A plan (``Replanned.events``, the same list) given to several new patients must
     come from the same inputs (an import plans equal inputs once): its event rows are
@@ -376,8 +342,7 @@ class PlanWriter:
         return converted
 
     def plan(self, record: PatientRecord, made: Replanned, live: dict[int, list[Any]]) -> None:
-        """Bring the patient's events and alerts in line with ``made`` (as ``save_plan``
-        and ``safety.sync_alerts`` do for one patient)."""
+        """Bring the patient's events and alerts in line with ``made``."""
         from scheduler import safety  # noqa: PLC0415 (safety builds on this module)
 
         patient = record.patient
@@ -407,7 +372,7 @@ class PlanWriter:
                 continue
             values = event_values(planned)
             if any(getattr(row, name) != values[name] for name in EVENT_FIELDS):
-                # as save_plan: reminders and changed messages count from a new date
+                # reminders and changed messages count from a new date or status
                 moved = row.due != values["due"] or row.status != values["status"]
                 self.event_updates.append({"b_id": row.id, "updated_at": now,
                                            "due_set_at": now if moved else row.due_set_at, **values})
@@ -432,10 +397,30 @@ class PlanWriter:
                 t = Patient.__table__  # type: ignore[attr-defined]
                 conn.execute(update(t).where(t.c.id == bindparam("b_id")), self.patient_updates)
             self.session.flush()  # the alerts
+            if self.session.identity_map:
+                self._held_in_line()
         self.inserts.clear()
         self.event_updates.clear()
         self.event_deletes.clear()
         self.patient_updates.clear()
+
+    def _held_in_line(self) -> None:
+        """The session's objects of the rows just updated take their new values, and
+        those of the rows deleted leave the session, as if the ORM had written them: an
+        action's caller (``give`` returns the dose's event) sees what was written, and a
+        later query of the session does not return stale objects. Nothing is read."""
+        held = self.session.identity_map
+        for table, updates in ((Event, self.event_updates), (Patient, self.patient_updates)):
+            for values in updates:
+                row = held.get(identity_key(table, values["b_id"]))
+                if row is not None:
+                    for name, value in values.items():
+                        if name != "b_id":
+                            set_committed_value(row, name, value)
+        for event_id in self.event_deletes:
+            row = held.get(identity_key(Event, event_id))
+            if row is not None:
+                self.session.expunge(row)
 
 
 def load_states(session: Session, where: Any) -> list[PatientRecord]:
@@ -466,12 +451,15 @@ def load_states(session: Session, where: Any) -> list[PatientRecord]:
 
 def replan_set(session: Session, patient_ids: Sequence[int], calendar: ClinicCalendar, today: date, *,
                policy: AlertPolicy = DEFAULT_POLICY, actor: str = "cobalt") -> int:
-    """``replan_many`` for a batch of patients by id, set-based (``PlanWriter``): what the
-    pass's roll-forward uses. Returns the patients replanned."""
+    """Plan a batch of patients by id afresh from what was recorded, then bring their
+    events in line, then the safety alerts (``policy``: the clinic's thresholds, also for
+    the extra lab orders), set-based (``PlanWriter``). What the session holds is flushed
+    first: a record just added counts. Returns the patients replanned."""
     from scheduler import safety  # noqa: PLC0415 (safety builds on this module)
 
     if not patient_ids:
         return 0
+    session.flush()  # core reads do not flush the session's pending rows
     p = Patient.__table__  # type: ignore[attr-defined]
     records = load_states(session, p.c.id.in_(list(patient_ids)))
     live = safety.live_alerts(session, [r.patient.id for r in records if r.patient.id is not None])

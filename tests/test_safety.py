@@ -14,7 +14,7 @@ from sqlmodel import Session, select
 from models import Alert, Audit, Patient
 from scheduler import db
 from scheduler.safety import due_for_alert_check, mark_notified, pending_urgent_alerts
-from scheduler.store import replan_many
+from scheduler.store import replan_set
 
 START = "2026-03-02"  # a Monday
 TODAY = "2026-03-20"
@@ -211,7 +211,8 @@ def test_a_response_gate_two_days_overdue_is_found_for_the_pass_to_raise(clinic)
             assert due_for_alert_check(session, date(2026, 3, 10)) == []
             patients = due_for_alert_check(session, date(2026, 3, 11))
             assert [p.mrn for p in patients] == ["A1"]
-            replan_many(session, patients, clinic.settings().clinic.calendar(), date(2026, 3, 11))
+            replan_set(session, [p.id for p in patients if p.id is not None], clinic.settings().clinic.calendar(),
+                       date(2026, 3, 11))
         with db.transaction(engine) as session:
             assert due_for_alert_check(session, date(2026, 3, 11)) == []
     finally:
