@@ -56,7 +56,7 @@ from sqlmodel import Session, col, select
 
 from models import Event, LabResult, MailServer, Outbox, PassMark, Patient
 from scheduler.config import Settings
-from scheduler.db import chunked, insert_rows, transaction, write_cache
+from scheduler.db import chunked, insert_rows, transaction
 from scheduler.domain import Kind
 from scheduler.export_ics import reminder_calendars
 from scheduler.mailer import (
@@ -826,9 +826,7 @@ def queue_due_messages(engine: Engine, settings: Settings, now: datetime,
         lambda s: _digest(s, clock, templates),
     ):
         try:
-            # A first pass of the day marks and writes rows all over the event table: a page
-            # cache that holds them all until the commit (SQLite) writes each page once.
-            with transaction(engine) as session, write_cache(session.connection()):
+            with transaction(engine) as session:
                 total += step(session)
         except Exception as exc:
             log.error("queueing failed (%s); the other kinds go on", type(exc).__name__)
