@@ -121,7 +121,8 @@ COPY_FROM_ROWS = 1_000  # on PostgreSQL, a batch this big is written with COPY
 
 
 def insert_rows(conn: Connection, table: Table, columns: Sequence[str],
-                rows: Iterable[Sequence[Any]], *, converted: bool = False) -> int:
+                rows: Iterable[Sequence[Any]], *, converted: bool = False,
+                skip_conflicts_on: Sequence[str] = ()) -> int:
     """Insert ``rows`` (tuples of ``columns``' values, in that order) with one DBAPI
     ``executemany``: the set-based write of import, roll-forward and enrolment.
 
@@ -131,7 +132,9 @@ def insert_rows(conn: Connection, table: Table, columns: Sequence[str],
     the columns named are set, so a column added later with a default gets it.
     On PostgreSQL a big batch goes by ``COPY ... FROM STDIN`` instead (row
     triggers fire for it as for an INSERT). ``converted``: the rows' values are already
-    what the driver takes (``row_converter``). Returns the rows inserted."""
+    what the driver takes (``row_converter``). ``skip_conflicts_on``: the columns of a
+    unique constraint; a row that would break it is left out (``ON CONFLICT ... DO
+    NOTHING``, never by COPY). Returns the rows inserted."""
     dialect = conn.dialect
     if dialect.paramstyle == "qmark":
         mark = "?"
@@ -142,6 +145,8 @@ def insert_rows(conn: Connection, table: Table, columns: Sequence[str],
     quote = dialect.identifier_preparer.quote
     sql = (f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
            f"VALUES ({', '.join(mark for _ in columns)})")
+    if skip_conflicts_on:
+        sql += f" ON CONFLICT ({', '.join(quote(c) for c in skip_conflicts_on)}) DO NOTHING"
     batch = rows if isinstance(rows, list) else list(rows)
     if not batch:
         return 0
@@ -157,7 +162,7 @@ def insert_rows(conn: Connection, table: Table, columns: Sequence[str],
             except TypeError:  # a value that cannot be hashed: one at a time
                 values[i] = tuple(map(process, values[i]))
         batch = list(zip(*values, strict=True))
-    if dialect.name == "postgresql" and len(batch) >= COPY_FROM_ROWS:
+    if dialect.name == "postgresql" and len(batch) >= COPY_FROM_ROWS and not skip_conflicts_on:
         # COPY: the rows stream to the server without a round trip each, in this transaction
         names = ", ".join(quote(c) for c in columns)
         with conn.connection.driver_connection.cursor() as cursor, cursor.copy(  # type: ignore[union-attr]
@@ -165,8 +170,9 @@ def insert_rows(conn: Connection, table: Table, columns: Sequence[str],
             for row in batch:
                 copy.write_row(row)
         return len(batch)
-    conn.exec_driver_sql(sql, batch)
-    return len(batch)
+    result = conn.exec_driver_sql(sql, batch)
+    # executemany's row count is the rows each statement inserted, summed (sqlite3, psycopg)
+    return int(result.rowcount) if skip_conflicts_on else len(batch)
 
 
 def _bind_processor(dialect: Dialect, table: Table, name: str) -> Callable[[Any], Any] | None:

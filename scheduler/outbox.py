@@ -1,7 +1,8 @@
 """Reminders: decide which messages are due at ``now``, queue them, deliver them.
 
-Deciding and queueing happen in one transaction per kind: the candidates are
-read through the (status, due) index, rendered, and inserted with
+Deciding and queueing happen in one transaction per kind: the events of the
+kind's window are claimed (``scheduler.told``), the candidates among them read
+by id, rendered, and inserted a batch at a time (one executemany) with
 ``ON CONFLICT DO NOTHING`` on the outbox's unique ``dedupe_key``, so a message
 is queued at most once per (event, kind, recipient) whatever runs at the same
 time. Delivery claims rows with one conditional UPDATE (``FOR UPDATE SKIP
@@ -47,14 +48,15 @@ from datetime import UTC, date, datetime, time, timedelta
 from time import monotonic
 from typing import Any
 
-from sqlalchemy import Engine, and_, exists, func, or_, text, tuple_, update
+from sqlalchemy import Engine, and_, exists, func, or_, update
+from sqlalchemy import select as select_columns  # plain rows, not ORM objects
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from models import Event, LabResult, MailServer, Outbox, PassMark, Patient
 from scheduler.config import Settings
-from scheduler.db import chunked, transaction
+from scheduler.db import chunked, insert_rows, transaction
 from scheduler.domain import Kind
 from scheduler.export_ics import reminder_calendars
 from scheduler.mailer import (
@@ -97,7 +99,8 @@ DIGEST_UPCOMING_DAYS = 7  # SPEC: the digest lists what is due in the next 7 day
 DIGEST_SECTION_LIMIT = 300  # items listed per digest section; the rest are counted (`cobalt due` lists all)
 MAX_BACKOFF = timedelta(days=1)
 EVENT_KINDS = tuple(kind.value for kind in Kind)
-QUEUE_BATCH = 500
+QUEUE_BATCH = 500  # messages rendered and written together
+CLAIMED_READ = 5_000  # claimed events read together (most are not owed a message: done, told, unreachable)
 
 
 @dataclass(frozen=True)
@@ -194,36 +197,26 @@ class _Draft:
 
 def _insert(session: Session, templates: Templates, settings: Settings, drafts: Iterable[_Draft],
             now: datetime) -> int:
-    rows: list[dict[str, Any]] = []
+    """Render the drafts and queue them with one executemany, ``ON CONFLICT (dedupe_key)
+    DO NOTHING``: a message another process queued meanwhile is left out, so the unique
+    key stays the last word on once-only. Returns the rows queued."""
     domain = _domain(settings)
+    rows: list[tuple[Any, ...]] = []
     for d in drafts:
         message_id = make_message_id(d.dedupe_key, domain)
         msg = templates.render(d.kind, d.context, to=d.recipient, message_id=message_id)
-        rows.append({
-            "dedupe_key": d.dedupe_key, "kind": d.kind, "recipient": d.recipient,
-            "patient_id": d.patient_id, "event_id": d.event_id, "event_due": d.event_due,
-            "message_id": message_id, "subject": msg.subject[:400], "body_text": msg.text,
-            "body_html": msg.html, "status": "queued", "attempts": 0, "next_attempt_at": now,
-            "not_after": d.not_after, "reported": False, "created_at": now,
-        })
+        rows.append((d.dedupe_key, d.kind, d.recipient, d.patient_id, d.event_id, d.event_due, message_id,
+                     msg.subject[:400], msg.text, msg.html, "queued", 0, now, d.not_after, False, now))
     if not rows:
         return 0
-    if session.get_bind().dialect.name == "postgresql":
-        # One executemany (psycopg sends it as a pipeline), 2-4x faster here than the
-        # batched INSERT ... RETURNING; its row count is the rows ON CONFLICT kept.
-        for row in rows:
-            row["next_attempt_at"] = row["created_at"] = now.astimezone(UTC)
-            row["not_after"] = row["not_after"].astimezone(UTC) if row["not_after"] else None
-        return int(session.connection().execute(_PG_INSERT, rows).rowcount)
-    stmt = sqlite.insert(Outbox).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(col(Outbox.id))
-    return len(session.connection().execute(stmt, rows).all())
+    # Values turned into the driver's once per distinct value: a batch shares `now`, its days.
+    return insert_rows(session.connection(), Outbox.__table__, _OUTBOX_COLUMNS, rows,  # type: ignore[attr-defined]
+                       skip_conflicts_on=("dedupe_key",))
 
 
 _OUTBOX_COLUMNS = ("dedupe_key", "kind", "recipient", "patient_id", "event_id", "event_due", "message_id",
                    "subject", "body_text", "body_html", "status", "attempts", "next_attempt_at", "not_after",
                    "reported", "created_at")
-_PG_INSERT = text(f"INSERT INTO outbox ({', '.join(_OUTBOX_COLUMNS)}) "
-                  f"VALUES ({', '.join(':' + c for c in _OUTBOX_COLUMNS)}) ON CONFLICT (dedupe_key) DO NOTHING")
 
 
 def _not_queued(kind: str, recipient: Any) -> Any:
@@ -305,30 +298,32 @@ def _patient_reminders(session: Session, clock: Clock, templates: Templates, kin
     # Every event whose reminder day is today is decided now: told, or not owed.
     claimed = claim(session, REMINDED, [event_kind], *decided)
     query = (
-        select(Event, Patient)
+        select_columns(*_TO_PATIENT)
         .join(Patient, col(Patient.id) == col(Event.patient_id))
-        .where(Event.status == "planned", col(Event.kind) == event_kind, *window, *only, *_reachable(),
+        .where(col(Event.status) == "planned", col(Event.kind) == event_kind, *window, *only, *_reachable(),
                _not_told(kind))
-        .order_by(col(Event.due), col(Event.id))
-        .limit(QUEUE_BATCH)
     )
+    clinic = _clinic(clock.settings)  # one context's shared parts, for every message of the kind
+    not_after = clock.start_of(today + timedelta(days=1))
 
-    def drafts(rows: list[tuple[Event, Patient]]) -> list[_Draft]:
+    def drafts(rows: Sequence[Any]) -> list[_Draft]:
         out = []
-        for event, patient in rows:
-            assert patient.email is not None
-            key = (_dose_key(kind, event.id, event.due, patient.email) if kind == DOSE_REMINDER
-                   else _lab_key(patient.id, event.due, today, patient.email))
+        for event_id, due, patient_id, name, email in rows:
+            key = (_dose_key(kind, event_id, due, email) if kind == DOSE_REMINDER
+                   else _lab_key(patient_id, due, today, email))
             out.append(_Draft(
-                dedupe_key=key, kind=kind, recipient=patient.email, patient_id=patient.id,
-                event_id=event.id, event_due=event.due, not_after=clock.start_of(today + timedelta(days=1)),
+                dedupe_key=key, kind=kind, recipient=email, patient_id=patient_id,
+                event_id=event_id, event_due=due, not_after=not_after,
                 # An order dated back ("at once" yesterday) is due now: the patient is told today.
-                context={"clinic": _clinic(clock.settings), "patient": {"name": patient.name},
-                         "due": max(event.due, today), "time": ""},
+                context={"clinic": clinic, "patient": {"name": name}, "due": max(due, today), "time": ""},
             ))
         return out
 
-    return _queue_claimed(session, claimed, query, drafts, clock, templates, single_day=kind == DOSE_REMINDER)
+    return _queue_claimed(session, claimed, query, drafts, clock, templates)
+
+
+# What a patient message is made of: the event, and the patient it goes to.
+_TO_PATIENT = (col(Event.id), col(Event.due), col(Patient.id), col(Patient.name), col(Patient.email))
 
 
 def _changed_notices(session: Session, clock: Clock, templates: Templates) -> int:
@@ -425,25 +420,23 @@ def _missed_followups(session: Session, clock: Clock, templates: Templates) -> i
     day = today - timedelta(days=clock.settings.clinic.missed_after_days)
     claimed = claim(session, MISSED_MARK, ["dose"], col(Event.due) == day)
     query = (
-        select(Event, Patient)
+        select_columns(*_TO_PATIENT)
         .join(Patient, col(Patient.id) == col(Event.patient_id))
-        .where(Event.status == "planned", col(Event.kind) == "dose", col(Event.due) == day,
+        .where(col(Event.status) == "planned", col(Event.kind) == "dose", col(Event.due) == day,
                *_reachable(), _not_told(MISSED))
-        .order_by(col(Event.due), col(Event.id))
-        .limit(QUEUE_BATCH)
     )
+    clinic = _clinic(clock.settings)
+    not_after = clock.start_of(today + timedelta(days=1))
 
-    def drafts(rows: list[tuple[Event, Patient]]) -> list[_Draft]:
+    def drafts(rows: Sequence[Any]) -> list[_Draft]:
         return [
-            _Draft(dedupe_key=_dose_key(MISSED, event.id, event.due, patient.email or ""), kind=MISSED,
-                   recipient=patient.email or "", patient_id=patient.id, event_id=event.id,
-                   event_due=event.due, not_after=clock.start_of(today + timedelta(days=1)),
-                   context={"clinic": _clinic(clock.settings), "patient": {"name": patient.name},
-                            "due": event.due})
-            for event, patient in rows
+            _Draft(dedupe_key=_dose_key(MISSED, event_id, due, email), kind=MISSED, recipient=email,
+                   patient_id=patient_id, event_id=event_id, event_due=due, not_after=not_after,
+                   context={"clinic": clinic, "patient": {"name": name}, "due": due})
+            for event_id, due, patient_id, name, email in rows
         ]
 
-    return _queue_claimed(session, claimed, query, drafts, clock, templates, single_day=True)
+    return _queue_claimed(session, claimed, query, drafts, clock, templates)
 
 
 def notice_stale_reason(row: Outbox, event: Event | None, patient: Patient | None) -> str | None:
@@ -616,33 +609,21 @@ def _event_item(event: Event, patient: Patient, platelets: dict[int, float],
     }
 
 
-def _queue_in_batches(session: Session, query: Any, make_drafts: Callable[[list[Any]], list[_Draft]],
-                      clock: Clock, templates: Templates, *, single_day: bool = False) -> int:
-    """Read a batch of candidates (ordered by due date and id; the query leaves out
-    what is queued), queue it, and go on after the last one read (keyset paging,
-    so a busy morning does not rescan what it has passed)."""
-    total = 0
-    page = query
-    while True:
-        rows = list(session.exec(page))
-        if not rows:
-            return total
-        total += _insert(session, templates, clock.settings, make_drafts(rows), clock.now)
-        session.flush()
-        last = rows[-1][0]
-        if single_day:  # keep the index range on `due = day`; page by id within it
-            page = query.where(col(Event.id) > last.id)
-        else:
-            page = query.where(tuple_(col(Event.due), col(Event.id)) > tuple_(last.due, last.id))
-
-
 def _queue_claimed(session: Session, claimed: Sequence[int], query: Any,
-                   make_drafts: Callable[[list[Any]], list[_Draft]], clock: Clock, templates: Templates,
-                   *, single_day: bool = False) -> int:
-    """Queue what ``query`` finds among the events this pass just claimed."""
-    return sum(_queue_in_batches(session, query.where(col(Event.id).in_(chunk)), make_drafts, clock, templates,
-                                 single_day=single_day)
-               for chunk in chunked(claimed))
+                   make_drafts: Callable[[Sequence[Any]], list[_Draft]], clock: Clock, templates: Templates) -> int:
+    """Queue what ``query`` finds among the events this pass just claimed (``claimed``, in
+    due-date order): each claimed event read once, by id, ``CLAIMED_READ`` at a time (plain
+    rows, no ORM objects); then, ``QUEUE_BATCH`` candidates at a time, the drafts made
+    (with what they share read once for the batch), rendered, and written by one
+    executemany."""
+    conn = session.connection()
+    total = 0
+    for chunk in chunked(claimed, CLAIMED_READ):
+        rows = conn.execute(query.where(col(Event.id).in_(chunk)).order_by(col(Event.due), col(Event.id))).all()
+        for start in range(0, len(rows), QUEUE_BATCH):
+            total += _insert(session, templates, clock.settings, make_drafts(rows[start:start + QUEUE_BATCH]),
+                             clock.now)
+    return total
 
 
 def _overdue_notices(session: Session, clock: Clock, templates: Templates) -> int:
@@ -651,30 +632,35 @@ def _overdue_notices(session: Session, clock: Clock, templates: Templates) -> in
     earliest = today - timedelta(days=clock.settings.scheduler.overdue_catch_up_days)
     recipient = clock.settings.clinic.email
     claimed = claim(session, OVERDUE_MARK, EVENT_KINDS, col(Event.due) >= earliest, col(Event.due) <= latest)
-    query = (
-        select(Event, Patient)
+    # One plain row carries what ``_event_item`` reads of the event and of the patient
+    # (``id`` is the patient's; ``event_id`` the event's).
+    query: Any = (
+        select_columns(col(Event.id).label("event_id"), col(Event.kind), col(Event.phase), col(Event.label),
+               col(Event.seq), col(Event.due), col(Event.because), col(Event.tests), col(Event.key),
+               col(Event.patient_id), col(Patient.id), col(Patient.mrn), col(Patient.name), col(Patient.neuro))
         .join(Patient, col(Patient.id) == col(Event.patient_id))
-        .where(Event.status == "planned", col(Event.due) >= earliest, col(Event.due) <= latest,
-               Patient.status == "active", _not_queued(OVERDUE, recipient))
-        .order_by(col(Event.due), col(Event.id))
-        .limit(QUEUE_BATCH)
+        .where(col(Event.status) == "planned", col(Event.due) >= earliest, col(Event.due) <= latest,
+               col(Patient.status) == "active", _not_queued(OVERDUE, recipient))
     )
+    clinic = _clinic(clock.settings)
+    to = recipient.lower()
 
-    def drafts(rows: list[tuple[Event, Patient]]) -> list[_Draft]:
-        platelets = _latest_platelets(session, [p.id for _, p in rows if p.id is not None])
-        drugs = regimen_drugs(session, [p.id for _, p in rows if p.id is not None])
+    def drafts(rows: Sequence[Any]) -> list[_Draft]:
+        pids = sorted({row.id for row in rows})
+        platelets = _latest_platelets(session, pids)
+        drugs = regimen_drugs(session, pids)
         return [
             _Draft(
-                dedupe_key=f"{OVERDUE}:{event.id}:{recipient.lower()}", kind=OVERDUE,
-                recipient=recipient, patient_id=patient.id, event_id=event.id, event_due=event.due,
+                dedupe_key=f"{OVERDUE}:{row.event_id}:{to}", kind=OVERDUE,
+                recipient=recipient, patient_id=row.id, event_id=row.event_id, event_due=row.due,
                 context={
-                    "clinic": _clinic(clock.settings), "today": today,
-                    "patient": {"mrn": patient.mrn, "name": patient.name, "neuro": patient.neuro,
-                                "platelets": platelets.get(patient.id or 0)},
-                    "event": _event_item(event, patient, platelets, drugs),
+                    "clinic": clinic, "today": today,
+                    "patient": {"mrn": row.mrn, "name": row.name, "neuro": row.neuro,
+                                "platelets": platelets.get(row.id)},
+                    "event": _event_item(row, row, platelets, drugs),
                 },
             )
-            for event, patient in rows
+            for row in rows
         ]
 
     return _queue_claimed(session, claimed, query, drafts, clock, templates)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
@@ -49,7 +49,8 @@ def clear_of(bit: int) -> tuple[int, ...]:
 
 
 def claim(session: Session, bit: int, kinds: Sequence[str], *window: Any) -> list[int]:
-    """Set ``bit`` on the events of ``kinds`` in ``window`` that lack it; their ids.
+    """Set ``bit`` on the events of ``kinds`` in ``window`` that lack it; their ids, in
+    (due, id) order (the order their messages are queued in).
 
     Events of every status are marked: one done or cancelled is decided too (nothing
     is owed for it), and a change of status clears its marks. So the claim needs no
@@ -59,18 +60,27 @@ def claim(session: Session, bit: int, kinds: Sequence[str], *window: Any) -> lis
     planned rows among these in the same transaction: a rollback leaves them all to the
     next pass.
     """
-    pick = select(col(Event.id)).where(
-        col(Event.kind).in_(list(kinds)), col(Event.told).in_(clear_of(bit)), *window,
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        pick = pick.with_for_update(skip_locked=True)
+    where = (col(Event.kind).in_(list(kinds)), col(Event.told).in_(clear_of(bit)), *window)
     conn = session.connection()
-    ids = sorted(i for (i,) in conn.execute(pick) if i is not None)
+    if conn.dialect.name != "postgresql":
+        # One statement: SQLite serialises writers (BEGIN IMMEDIATE), so what it reads
+        # is what it marks.
+        marked = conn.execute(update(Event).where(*where).values(told=col(Event.told) + bit)
+                              .returning(col(Event.due), col(Event.id))).all()
+        return [i for _, i in sorted((due, i) for due, i in marked if i is not None)]
+    pick = select(col(Event.due), col(Event.id)).where(*where).with_for_update(skip_locked=True)
+    picked = sorted((due, i) for due, i in conn.execute(pick) if i is not None)
+    ids = sorted(i for _, i in picked)
     # By id, apart: as one statement (id IN (SELECT ...)), PostgreSQL's planner may join
-    # the window to a scan of the whole table. The rows are locked until the commit.
-    for chunk in chunked(ids):
-        conn.execute(update(Event).where(col(Event.id).in_(chunk)).values(told=col(Event.told) + bit))
-    return ids
+    # the window to a scan of the whole table. The rows are locked until the commit. The
+    # ids go as one array parameter, not one parameter each.
+    for chunk in chunked(ids, CLAIM_CHUNK):
+        conn.execute(_MARK_BY_ID, {"bit": bit, "ids": list(chunk)})
+    return [i for _, i in picked]
+
+
+CLAIM_CHUNK = 50_000
+_MARK_BY_ID = text("UPDATE event SET told = told + :bit WHERE id = ANY(:ids)")
 
 
 def claim_changes(session: Session, ready: Callable[[datetime | None], bool]) -> list[int]:

@@ -41,6 +41,7 @@ created for the run and dropped after it (unless --keep). See docs/benchmarks.md
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -842,6 +843,107 @@ def only_import(args: argparse.Namespace) -> int:
     return 0
 
 
+OUTBOX_COMPARED = ("id", "dedupe_key", "kind", "recipient", "patient_id", "event_id", "event_due", "message_id",
+                   "subject", "body_text", "body_html", "status", "attempts", "next_attempt_at", "not_after",
+                   "reported", "created_at")
+
+
+def step_queue(engine: Engine, settings: Settings, now: datetime, meter: Meter) -> dict[str, Any]:
+    """--only queue, in the child: the first pass's roll-forward (not timed), then its
+    ``queue_due_messages``, timed by the wall clock and by this process's CPU; then a hash
+    of every outbox row and every told mark, so two versions can be shown to queue the
+    same bytes."""
+    roll_forward(engine, settings, now)
+    with timed_queue_steps() as queue_steps:
+        started, cpu = time.perf_counter(), time.process_time()
+        with meter.part("queue"):
+            queued = queue_due_messages(engine, settings, now)
+        cpu_seconds = time.process_time() - cpu
+        wall = time.perf_counter() - started
+    rows = hashlib.sha256()
+    marks = hashlib.sha256()
+    with engine.connect() as conn:
+        for row in conn.execute(text(f"SELECT {', '.join(OUTBOX_COMPARED)} FROM outbox ORDER BY id")):
+            rows.update(repr(tuple(row)).encode())
+        for row in conn.execute(text("SELECT id, told FROM event WHERE told <> 0 ORDER BY id")):
+            marks.update(repr(tuple(row)).encode())
+    return meter.result(queued=queued, queue_seconds=wall, queue_cpu_seconds=cpu_seconds,
+                        queue_steps=queue_steps, outbox_sha256=rows.hexdigest(), told_sha256=marks.hexdigest())
+
+
+STEPS["queue"] = step_queue
+
+
+def only_queue(args: argparse.Namespace, now: datetime) -> int:
+    """--only queue: the first pass's queueing at N on SQLite (``--db FILE``: a database built
+    before with ``--build-only``, else one built here), each run in a child process on a fresh
+    copy of it; ``--compare TREE``: that source tree too, the two taking turns, ``--rounds``
+    times each. Prints the medians and whether both versions queued the same rows."""
+    workdir = Path(tempfile.mkdtemp(prefix="cobalt-bench-queue-"))
+    trees: list[tuple[str, Path | None]] = [("this tree", None)]
+    if args.compare:
+        trees.insert(0, (str(args.compare), args.compare.resolve()))
+    results: dict[str, Any] = {"backend": "sqlite", "machine": machine(), "now": now.isoformat(), "runs": {}}
+    try:
+        base = workdir / "base.db"
+        if args.db:
+            shutil.copyfile(args.db, base)
+        else:
+            log(f"building {args.patients:,} patients")
+            build(f"sqlite:///{base}", bench_settings(f"sqlite:///{base}", workdir), args.patients,
+                  args.templates, now, args.seed)
+        engine = db.make_engine(f"sqlite:///{base}")
+        db.upgrade(engine)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE")
+        results["rows"] = table_counts(engine)
+        engine.dispose()
+        for round_ in range(args.rounds):
+            for title, code in trees:
+                copy = workdir / "run.db"
+                shutil.copyfile(base, copy)
+                env = dict(os.environ)
+                if code is not None:
+                    env["PYTHONPATH"] = str(code)
+                cmd = [sys.executable, __file__, "--step", "queue", "--url", f"sqlite:///{copy}",
+                       "--workdir", str(workdir), "--now", now.isoformat()]
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+                if proc.returncode != 0:
+                    raise SystemExit(f"queue step failed ({title}):\n{proc.stderr}")
+                run = json.loads(proc.stdout.strip().splitlines()[-1])
+                results["runs"].setdefault(title, []).append(run)
+                log(f"round {round_ + 1}, {title}: {run['queued']:,} queued in {run['queue_seconds']:.2f} s "
+                    f"(CPU {run['queue_cpu_seconds']:.2f} s)")
+                copy.unlink()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    def median(values: list[float]) -> float:
+        return sorted(values)[len(values) // 2]
+
+    print(f"\nqueue_due_messages, the first pass at {now.isoformat()}, SQLite, "
+          f"{results['rows']['patient']:,} patients ({machine()}); median of {args.rounds} runs each")
+    print(f"{'code':<32} {'queued':>7} {'wall s':>7} {'msgs/s':>7} {'CPU s':>6} {'msgs/CPU s':>10}  "
+          "per kind: wall s (messages)")
+    hashes = set()
+    for title, runs in results["runs"].items():
+        wall, cpu = median([r["queue_seconds"] for r in runs]), median([r["queue_cpu_seconds"] for r in runs])
+        queued = runs[0]["queued"]
+        kinds = {k: median([r["queue_steps"][k][0] for r in runs if k in r["queue_steps"]])
+                 for k in runs[0]["queue_steps"]}
+        per_kind = ", ".join(f"{k} {t:.2f} ({runs[0]['queue_steps'][k][1]})" for k, t in kinds.items())
+        results["runs"][title] = {"runs": runs, "queue_seconds": wall, "queue_cpu_seconds": cpu,
+                                  "queue_msgs_per_s": queued / wall, "queue_msgs_per_cpu_s": queued / cpu}
+        print(f"{title[-32:]:<32} {queued:>7,} {wall:>7.2f} {queued / wall:>7,.0f} {cpu:>6.2f} "
+              f"{queued / cpu:>10,.0f}  {per_kind}")
+        hashes.update((r["outbox_sha256"], r["told_sha256"]) for r in runs)
+    print("outbox rows and told marks: " + ("the same in every run" if len(hashes) == 1 else "DIFFERENT"))
+    results["same_rows"] = len(hashes) == 1
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    return 0 if len(hashes) == 1 else 1
+
+
 def step_quick_pass(engine: Engine, settings: Settings, now: datetime, meter: Meter) -> dict[str, Any]:
     """The first pass at ``now`` (queueing timed, delivery timed through SMTP when a server is
     set, else the queued rows are marked sent by one UPDATE), then EMPTY_PASSES passes with
@@ -850,8 +952,10 @@ def step_quick_pass(engine: Engine, settings: Settings, now: datetime, meter: Me
 
     with meter.part("roll-forward"):
         replanned = roll_forward(engine, settings, now)
-    with meter.part("queue"):
+    queue_cpu = time.process_time()
+    with meter.part("queue"), timed_queue_steps() as queue_steps:
         queued = queue_due_messages(engine, settings, now)
+    queue_cpu = time.process_time() - queue_cpu
     sent = 0
     if settings.smtp.host:
         with meter.part("deliver"):
@@ -881,7 +985,8 @@ def step_quick_pass(engine: Engine, settings: Settings, now: datetime, meter: Me
         if what not in plans:
             plans[what] = " ".join(statement.split())[:300] + "\n" + explain(engine, statement, parameters)
     busy = [str(r) for r in reports if r.replanned or r.queued or r.sent or r.skipped or r.failed]
-    return meter.result(replanned=replanned, queued=queued, sent=sent,
+    return meter.result(replanned=replanned, queued=queued, sent=sent, queue_cpu_seconds=queue_cpu,
+                        queue_steps=queue_steps,
                         empty_pass_ms=sorted(empty)[len(empty) // 2] * 1000,
                         empty_pass_all_ms=[t * 1000 for t in empty], empty_pass_did=busy,
                         empty_pass_cpu_ms=sorted(empty_cpu)[len(empty_cpu) // 2] * 1000,
@@ -964,7 +1069,9 @@ def quick(args: argparse.Namespace, now: datetime) -> int:
         f"raw executemany {imp['raw_seconds']:.2f} s = {summary['raw_insert_rows_per_s']:,.0f} rows/s",
         f"queue at N: {a['queued']:,} messages in {_s(a['seconds']['queue'])} = "
         f"{summary['queue_msgs_per_s']:,.0f}/s; at 10N: {b['queued']:,} in {_s(b['seconds']['queue'])} = "
-        f"{summary['queue_msgs_per_s_10x']:,.0f}/s",
+        f"{summary['queue_msgs_per_s_10x']:,.0f}/s (CPU {a['queue_cpu_seconds']:.2f} s and "
+        f"{b['queue_cpu_seconds']:.2f} s; the digest, one message, {_s(a['queue_steps']['digest'][0])} and "
+        f"{_s(b['queue_steps']['digest'][0])} of the wall time)",
         f"deliver at N through SMTP (aiosmtpd): {a['sent']:,} in {_s(a['seconds']['deliver'])} = "
         f"{summary['deliver_msgs_per_s']:,.0f}/s ({results['smtp_received']:,} received)",
         f"empty pass: {summary['empty_pass_ms']:.0f} ms at N, {summary['empty_pass_ms_10x']:.0f} ms at 10N "
@@ -1152,11 +1259,14 @@ def main(argv: list[str] | None = None) -> int:
                              "SMTP delivery, the empty pass; the ratio goals")
     parser.add_argument("--import-patients", type=int, default=IMPORT_PATIENTS,
                         help=f"patients in the CSV for `cobalt import patients` (default {IMPORT_PATIENTS:,})")
-    parser.add_argument("--only", choices=("import",),
-                        help="import: only the import-vs-raw measurement of --quick (with --backend)")
+    parser.add_argument("--only", choices=("import", "queue"),
+                        help="import: only the import-vs-raw measurement of --quick (with --backend); "
+                             "queue: only the first pass's queueing at N, SQLite (--db: a database built before)")
     parser.add_argument("--compare", type=Path, metavar="TREE",
-                        help="with --only import: also run the import from this source tree "
+                        help="with --only: also run from this source tree "
                              "(e.g. `git archive` of another commit), first, side by side")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="with --only queue: runs of each version, taking turns (default 3)")
     # internal: one measured step in a child process
     parser.add_argument("--step", choices=tuple(STEPS), help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -1174,6 +1284,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.only == "import":
         return only_import(args)
+    if args.only == "queue":
+        return only_queue(args, now)
     if args.quick:
         return quick(args, now)
 

@@ -13,6 +13,7 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import insert, select
 
 from models import Event, Patient
+from models.outbox import Outbox
 from scheduler import db
 from scheduler.clinic_calendar import ClinicCalendar, load_holidays
 from scheduler.db import insert_rows
@@ -158,5 +159,31 @@ def test_insert_rows_writes_what_a_core_insert_writes(database_url: str, copy_fr
             assert {k: v for k, v in a._mapping.items() if k not in ("id", "key")} == \
                    {k: v for k, v in b._mapping.items() if k not in ("id", "key")}
         assert mine[0].updated_at == now and mine[1].due_set_at is None and mine[0].due == date(2026, 3, 1)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("copy_from", [1, 1_000_000], ids=["copy-sized", "executemany-sized"])
+def test_insert_rows_leaves_out_rows_whose_unique_key_is_taken_and_counts_the_rest(
+        database_url: str, copy_from: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(db, "COPY_FROM_ROWS", copy_from)  # a big batch still skips: never by COPY
+    engine = db.make_engine(database_url)
+    now = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
+    outbox = Outbox.__table__  # type: ignore[attr-defined]
+    columns = ("dedupe_key", "kind", "recipient", "message_id", "subject", "body_text", "body_html",
+               "status", "attempts", "next_attempt_at", "reported", "created_at")
+
+    def row(key: str, subject: str) -> tuple[object, ...]:
+        return (key, "digest", "clinic@example.org", f"<{key}@example.org>", subject, "text", "html",
+                "queued", 0, now, False, now)
+
+    try:
+        with engine.begin() as conn:
+            assert insert_rows(conn, outbox, columns, [row("a", "first"), row("b", "first")],
+                               skip_conflicts_on=("dedupe_key",)) == 2
+            assert insert_rows(conn, outbox, columns, [row("b", "again"), row("c", "first"), row("a", "again")],
+                               skip_conflicts_on=("dedupe_key",)) == 1
+            found = conn.execute(select(outbox.c.dedupe_key, outbox.c.subject).order_by(outbox.c.dedupe_key)).all()
+        assert [tuple(r) for r in found] == [("a", "first"), ("b", "first"), ("c", "first")]
     finally:
         engine.dispose()
