@@ -1012,8 +1012,10 @@ def _stale_reason(row: Outbox, now: datetime, events: dict[int, Event],
     return None
 
 
-def _finish(engine: Engine, row: Outbox, token: str, **values: Any) -> None:
-    with transaction(engine) as session:
+def _finish(engine: Engine, row: Outbox, token: str, *, durable: bool = True, **values: Any) -> None:
+    """Record what became of ``row`` (``durable=False``: a commit that survives this
+    process being killed, not a power cut; see ``_sender``)."""
+    with transaction(engine, durable=durable) as session:
         session.execute(
             update(Outbox)
             .where(col(Outbox.id) == row.id, col(Outbox.claimed_by) == token,
@@ -1035,50 +1037,63 @@ def _release(engine: Engine, rows: Sequence[Outbox], token: str) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
+def _unsend(engine: Engine, ids: Sequence[int]) -> int:
+    """The batch's messages could not be made safe (an outbox folder that would not sync):
+    the rows this batch recorded as sent go back to the queue as they were before it."""
+    with transaction(engine) as session:
+        result = session.execute(
+            update(Outbox)
+            .where(col(Outbox.id).in_(ids), col(Outbox.status) == "sent")
+            .values(status="queued", sent_at=None, attempts=col(Outbox.attempts) - 1)
+        )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def _as_message(row: Outbox, calendar: str | None = None) -> Message:
     return Message(kind=row.kind, to=row.recipient, subject=row.subject, text=row.body_text,
                    html=row.body_html, message_id=row.message_id, calendar=calendar)
 
 
-def _deliver_one(engine: Engine, settings: Settings, now: datetime, token: str, sender: Any, row: Outbox,
-                 events: dict[int, Event], patients: dict[int, Patient], report: Delivery,
-                 calendar: str | None = None) -> bool:
-    """Send one row and record what became of it; returns whether the server
-    answered. ``ServerUnavailable`` goes up to the caller untouched."""
+def _deliver_one(settings: Settings, now: datetime, sender: Any, row: Outbox, events: dict[int, Event],
+                 patients: dict[int, Patient], report: Delivery,
+                 calendar: str | None = None) -> tuple[dict[str, Any], bool]:
+    """Send one row; returns the values that record what became of it, and whether the
+    server answered. ``ServerUnavailable`` goes up to the caller untouched."""
     reason = _stale_reason(row, now, events, patients)
     if reason:
-        _finish(engine, row, token, status="skipped", last_error=f"not sent: {reason}")
         report.skipped += 1
-        return False
+        return {"status": "skipped", "last_error": f"not sent: {reason}"}, False
     attempts = row.attempts + 1
     try:
         sender.send(_as_message(row, calendar))
     except ServerUnavailable:
         raise
     except TemporarySendError as exc:  # this message's own 4xx answer
-        if attempts >= settings.scheduler.max_attempts:
-            _finish(engine, row, token, status="failed", attempts=attempts, last_error=str(exc)[:400])
-            report.failed += 1
-        else:
-            _finish(engine, row, token, status="queued", attempts=attempts,
-                    next_attempt_at=now + backoff(settings, attempts), last_error=str(exc)[:400])
-            report.retried += 1
         log.warning("temporary failure sending outbox row %s (%s); retrying later", row.id, row.kind)
-        return True
+        if attempts >= settings.scheduler.max_attempts:
+            report.failed += 1
+            return {"status": "failed", "attempts": attempts, "last_error": str(exc)[:400]}, True
+        report.retried += 1
+        return {"status": "queued", "attempts": attempts, "next_attempt_at": now + backoff(settings, attempts),
+                "last_error": str(exc)[:400]}, True
     except PermanentSendError as exc:
-        _finish(engine, row, token, status="failed", attempts=attempts, last_error=str(exc)[:400])
         report.failed += 1
         log.warning("permanent failure sending outbox row %s (%s)", row.id, row.kind)
-        return True
-    _finish(engine, row, token, status="sent", attempts=attempts, sent_at=now, last_error=None)
+        return {"status": "failed", "attempts": attempts, "last_error": str(exc)[:400]}, True
     report.sent += 1
-    return True
+    return {"status": "sent", "attempts": attempts, "sent_at": now, "last_error": None}, True
 
 
 def _sender(engine: Engine, settings: Settings, now: datetime, mailer: Mailer, server: str,
             max_batches: int | None, report: Delivery, stop: threading.Event) -> bool:
     """One sender: claims a batch, sends it over one mail connection, and again, until
-    nothing is left (or ``max_batches``); returns whether the server answered."""
+    nothing is left (or ``max_batches``); returns whether the server answered.
+
+    Each message's outcome is recorded as soon as it is known, in a commit of its own
+    that survives the process being killed but is not synced to the disk; the last one
+    is recorded once the mail session has ended (the outbox folder's files synced), in a
+    durable commit that makes the whole batch durable. A killed process repeats at most
+    the message in flight; a power cut at most the last batch (docs/faults.md)."""
     token = uuid.uuid4().hex[:16]
     answered = False
     batches = 0
@@ -1095,28 +1110,60 @@ def _sender(engine: Engine, settings: Settings, now: datetime, mailer: Mailer, s
                 events = {e.id: e for e in session.exec(select(Event).where(col(Event.id).in_(event_ids)))}
                 patients = {p.id: p for p in session.exec(select(Patient).where(col(Patient.id).in_(patient_ids)))}
                 calendars = reminder_calendars(session, settings, rows, events)  # the event, for the patient
-            with mailer.session() as sender:
-                for index, row in enumerate(rows):
-                    try:
-                        answered = _deliver_one(
-                            engine, settings, now, token, sender, row, events, patients,  # type: ignore[arg-type]
-                            report, calendars.get(row.id or 0)) or answered
-                    except ServerUnavailable as exc:
-                        report.retried += _release(engine, rows[index:], token)
-                        retry_at = _server_down(engine, settings, server, now, exc)
-                        report.server_down = True
-                        stop.set()
-                        log.warning("the mail server is unavailable; %d messages wait, next try at %s",
-                                    len(rows) - index, retry_at.isoformat())
-                        break
-                    except Exception as exc:  # this row alone: anything its message raised
-                        _finish(engine, row, token, status="failed", attempts=row.attempts + 1,
-                                last_error=f"cannot be sent ({type(exc).__name__})")
-                        report.failed += 1
-                        log.error("outbox row %s (%s) failed: %s", row.id, row.kind, type(exc).__name__)
-            if report.server_down:
+            sent: list[int] = []  # the rows this batch sent
+            last: tuple[Outbox, dict[str, Any]] | None = None  # recorded when the batch ends
+            down: tuple[int, ServerUnavailable] | None = None
+            try:
+                with mailer.session() as sender:
+                    for index, row in enumerate(rows):
+                        try:
+                            values, ok = _deliver_one(
+                                settings, now, sender, row, events, patients,  # type: ignore[arg-type]
+                                report, calendars.get(row.id or 0))
+                            answered = ok or answered
+                        except ServerUnavailable as exc:
+                            down = (index, exc)
+                            break
+                        except Exception as exc:  # this row alone: anything its message raised
+                            values = {"status": "failed", "attempts": row.attempts + 1,
+                                      "last_error": f"cannot be sent ({type(exc).__name__})"}
+                            report.failed += 1
+                            log.error("outbox row %s (%s) failed: %s", row.id, row.kind, type(exc).__name__)
+                        if values["status"] == "sent":
+                            sent.append(row.id or 0)
+                        if index == len(rows) - 1:
+                            last = (row, values)
+                        else:
+                            _finish(engine, row, token, durable=False, **values)
+            except ServerUnavailable as exc:
+                # The session's end failed (the outbox folder would not sync): the batch's
+                # messages may not be on the disk, so what it sent goes back to the queue.
+                if last is not None and last[1]["status"] != "sent":
+                    _finish(engine, last[0], token, **last[1])
+                _unsend(engine, sent)
+                _release(engine, rows, token)  # the rest, if the server was down too
+                report.sent -= len(sent)
+                report.retried += len(sent) + (len(rows) - down[0] if down else 0)
+                _stop_for(engine, settings, server, now, exc, report, stop, len(sent))
                 break
+            if down is not None:  # given back after the session: what it sent is safe first
+                index, error = down
+                report.retried += _release(engine, rows[index:], token)
+                _stop_for(engine, settings, server, now, error, report, stop, len(rows) - index)
+                break
+            if last is not None:
+                _finish(engine, last[0], token, **last[1])  # durable, and so is every outcome before it
     return answered
+
+
+def _stop_for(engine: Engine, settings: Settings, server: str, now: datetime, exc: Exception,
+              report: Delivery, stop: threading.Event, waiting: int) -> None:
+    """The mail server (or the outbox folder) is unavailable: every sender stops."""
+    retry_at = _server_down(engine, settings, server, now, exc)
+    report.server_down = True
+    stop.set()
+    log.warning("the mail server is unavailable; %d messages wait, next try at %s",
+                waiting, retry_at.isoformat())
 
 
 def deliver(engine: Engine, settings: Settings, now: datetime, mailer: Mailer | None = None,
