@@ -134,3 +134,31 @@ def test_a_batch_of_files_is_all_there_complete_when_its_session_ends(tmp_path: 
     for message in messages:
         data = mailer.path_for(message).read_bytes()
         assert message.message_id.encode() in data and data.rstrip().endswith(b"--")
+
+
+@pytest.mark.parametrize("clinic_name", ["B12 clinic",
+                                         "The Riverside Hospital Haematology and B12 Injection Clinic Zoë"])
+def test_a_reminders_calendar_is_what_icalendar_writes_for_its_event(clinic_name: str) -> None:
+    from models import Event
+    from scheduler.config import ClinicSettings
+    from scheduler.export_ics import _from_shape, calendar
+
+    settings = Settings(clinic=ClinicSettings(name=clinic_name, email="clinic@example.org",
+                                              calendar_drug_names=True))
+    shapes: dict[Any, Any] = {}
+    checked = 0
+    for n, (event_id, kind, key, stamp, due) in enumerate([
+        (1, "dose", "r1:maintenance:1", datetime(2026, 3, 3, 8, 0, 5, 123456), date(2026, 3, 4)),
+        (123456789, "dose", "r2:loading:3", datetime(2026, 3, 3, 8, 0, tzinfo=UTC), date(2026, 12, 31)),
+        (42, "lab", "r1:lab:b12:1", datetime(2025, 1, 1), date(2026, 1, 1)),
+        (77, "lab", "lab:extra", datetime(2026, 2, 28, 23, 59, 59, tzinfo=UTC), date(2028, 2, 29)),
+    ]):
+        event = Event(id=event_id, patient_id=n + 1, kind=kind, key=key, phase="maintenance", due=due,
+                      status="planned", updated_at=stamp)
+        for protocol in (None, "cyano", "hydroxo-neuro"):
+            shaped = _from_shape(event, protocol, settings, shapes)
+            written = calendar([(event, protocol)], settings).to_ical().decode("utf-8")
+            if shaped is not None:
+                assert shaped == written
+                checked += 1
+    assert checked >= 4 or len(clinic_name) > 40
