@@ -1015,11 +1015,11 @@ def _stale_reason(row: Outbox, now: datetime, events: dict[int, Event],
 def _finish(engine: Engine, row: Outbox, token: str, *, durable: bool = True, **values: Any) -> None:
     """Record what became of ``row`` (``durable=False``: a commit that survives this
     process being killed, not a power cut; see ``_sender``)."""
-    table = Outbox.__table__  # a Core UPDATE: no ORM bookkeeping for a row a message
+    table: Any = Outbox.__table__  # type: ignore[attr-defined]  # Core: no ORM bookkeeping a message
     with transaction(engine, durable=durable) as session:
         session.connection().execute(
-            table.update()  # type: ignore[attr-defined]
-            .where(table.c.id == row.id, table.c.claimed_by == token, table.c.status == "sending")  # type: ignore[attr-defined]
+            table.update()
+            .where(table.c.id == row.id, table.c.claimed_by == token, table.c.status == "sending")
             .values(claimed_by=None, claimed_until=None, **values)
         )
 
