@@ -6,8 +6,9 @@ read through the (status, due) index, rendered, and inserted with
 is queued at most once per (event, kind, recipient) whatever runs at the same
 time. Delivery claims rows with one conditional UPDATE (``FOR UPDATE SKIP
 LOCKED`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` serialises it), sends,
-and marks each row sent in its own transaction: a crash can repeat at most the
-message in flight, never lose one. A claim is a short lease that the sender
+and marks each row sent in its own transaction (not synced to the disk; the
+batch's last one is, and with it the batch): a killed process can repeat at most
+the message in flight, a power cut at most a batch, and neither loses one. A claim is a short lease that the sender
 renews while it works, so a dead sender's rows are taken over within
 ``claim_seconds`` (docs/faults.md).
 
