@@ -17,7 +17,7 @@ attachment (``reminder_calendars``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from icalendar import Alarm, Calendar
@@ -122,57 +122,8 @@ def reminder_calendars(session: Session, settings: Settings, rows: Sequence[Any]
     patient_ids = {events[r.event_id].patient_id for r in wanted}
     protocols = _protocols(session.exec(select(Regimen).where(col(Regimen.patient_id).in_(patient_ids))))
     found = {}
-    shapes: dict[tuple[str, str, bool], str | None] = {}
     for row in wanted:
         event = events[row.event_id]
-        protocol = _protocol_of(event, protocols)
-        text = _from_shape(event, protocol, settings, shapes)
-        if text is None:
-            text = calendar([(event, protocol)], settings).to_ical().decode("utf-8")
-        found[row.id] = text
+        cal = calendar([(event, _protocol_of(event, protocols))], settings)
+        found[row.id] = cal.to_ical().decode("utf-8")
     return found
-
-
-# The calendars of a batch differ only in the event's id, stamp and day: one is written with
-# ``icalendar`` for each summary (kind and drug) and kind of stamp, with stand-in values
-# that are then replaced by each event's own, as ``icalendar`` writes them. A calendar whose
-# lines would then need folding differently is written with ``icalendar`` itself.
-_STAND_IN_ID = 918273645546372819
-_STAND_IN_STAMP = datetime(1901, 2, 3, 4, 5, 6)
-_STAND_IN_DAY = date(1902, 3, 4)
-_FOLD_AT = 75  # RFC 5545: octets a line, before the line break
-
-
-def _ics_stamp(value: datetime) -> str:
-    return value.strftime("%Y%m%dT%H%M%S") + ("Z" if value.tzinfo is not None else "")
-
-
-def _from_shape(event: Event, protocol: str | None, settings: Settings,
-                shapes: dict[tuple[str, str, bool], str | None]) -> str | None:
-    stamp = event.updated_at
-    if event.id is None or stamp is None or event.due is None or stamp.tzinfo not in (None, UTC):
-        return None
-    key = (event.kind, summary(event, protocol, settings), stamp.tzinfo is not None)
-    if key not in shapes:
-        stand_in = Event.model_construct(
-            id=_STAND_IN_ID, kind=event.kind, key=event.key, patient_id=event.patient_id, due=_STAND_IN_DAY,
-            updated_at=_STAND_IN_STAMP.replace(tzinfo=stamp.tzinfo))
-        text = calendar([(stand_in, protocol)], settings).to_ical().decode("utf-8")
-        marks = (str(_STAND_IN_ID), _ics_stamp(stand_in.updated_at), _STAND_IN_DAY.strftime("%Y%m%d"),
-                 (_STAND_IN_DAY + timedelta(days=1)).strftime("%Y%m%d"))
-        lines = text.split("\r\n")
-        # each stand-in once, on a line of its own that icalendar did not fold
-        plain = all(text.count(m) == 1 for m in marks) and all(
-            not any(m in line for m in marks) or not lines[i + 1].startswith(" ") for i, line in enumerate(lines[:-1]))
-        shapes[key] = text if plain else None
-    shape = shapes[key]
-    if shape is None:
-        return None
-    text = (shape.replace(str(_STAND_IN_ID), str(event.id))
-            .replace(_ics_stamp(_STAND_IN_STAMP.replace(tzinfo=stamp.tzinfo)), _ics_stamp(stamp))
-            .replace(_STAND_IN_DAY.strftime("%Y%m%d"), event.due.strftime("%Y%m%d"))
-            .replace((_STAND_IN_DAY + timedelta(days=1)).strftime("%Y%m%d"),
-                     (event.due + timedelta(days=1)).strftime("%Y%m%d")))
-    if any(len(line.encode("utf-8")) > _FOLD_AT for line in text.split("\r\n")):
-        return None
-    return text

@@ -22,17 +22,13 @@ reply (with the recipient's address masked) for the outbox's error column.
 
 from __future__ import annotations
 
-import binascii
 import contextlib
 import email.utils
-import functools
 import logging
 import os
-import random
 import re
 import smtplib
 import ssl
-import sys
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -67,113 +63,10 @@ def build(message: Message, sender: str, *, sender_name: str = "", reply_to: str
     (a malformed address that slipped in before addresses were checked) as a
     ``PermanentSendError`` whose text names no address."""
     try:
-        return _write(message, sender, sender_name, reply_to, linesep)  # header problems show here
+        mail = to_email(message, sender, sender_name=sender_name, reply_to=reply_to)
+        return mail.as_bytes(policy=mail.policy.clone(linesep=linesep))  # header problems show here
     except Exception as exc:
         raise PermanentSendError(f"cannot build the message ({type(exc).__name__}): check the address") from exc
-
-
-# -- writing a message out: what ``to_email(...).as_bytes()`` writes, without building it --------
-#
-# The ``email`` package builds a tree of parts and parses, and then folds, every header of it
-# (each Content-Type several times), which was most of what a message cost to send. ``_write``
-# writes the same MIME structure directly: the headers shared by a batch are folded once,
-# a header whose value is plain short ASCII is written as the package would write it, any
-# other goes through the package's own parse and fold (with its checks), and the bodies are
-# encoded as ``set_content`` encodes them (7bit when they can be, else quoted-printable).
-
-_MAX_LINE = 78  # email.policy.default's max_line_length
-_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-                            r"@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\Z")
-_PLAIN_ID = re.compile(r"<[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+>\Z")
-
-
-def _plain_text(value: str) -> bool:
-    """Printable ASCII, single spaces, nothing the package would encode or fold."""
-    return (value.isascii() and value.isprintable() and "=?" not in value
-            and " ".join(value.split()) == value)
-
-
-def _header(name: str, value: Any, linesep: str) -> bytes:
-    """One header line as the package writes it (parsed and folded by ``_POLICY``)."""
-    policy = _policy_for(linesep)
-    return policy.fold_binary(name, policy.header_store_parse(name, value)[1])
-
-
-def _plain_header(name: str, value: str, linesep: str, plain: bool) -> bytes:
-    if plain and len(name) + 2 + len(value) <= _MAX_LINE:
-        return f"{name}: {value}{linesep}".encode("ascii")
-    return _header(name, value, linesep)
-
-
-@functools.lru_cache(maxsize=8)
-def _policy_for(linesep: str) -> EmailPolicy:
-    return _POLICY.clone(linesep=linesep)
-
-
-@functools.lru_cache(maxsize=256)
-def _shared(sender: str, sender_name: str, reply_to: str, kind: str, linesep: str) -> tuple[bytes, bytes]:
-    """The headers before and after the message's own (To, Subject, Date, Message-ID)."""
-    head = _header("From", _with_name(sender, sender_name), linesep)
-    if reply_to and reply_to.isprintable() and " " not in reply_to:
-        head += _header("Reply-To", reply_to, linesep)
-    tail = (_header("Auto-Submitted", "auto-generated", linesep) + _header("X-Cobalt-Kind", kind, linesep)
-            + b"MIME-Version: 1.0" + linesep.encode())
-    return head, tail
-
-
-def _body(text: str, linesep: str) -> tuple[str, bytes]:
-    """``text`` as ``set_content`` puts it in a part: its transfer encoding and its lines."""
-    lines = text.encode("utf-8").splitlines()
-    nl = linesep.encode()
-    if max(map(len, lines), default=0) <= _MAX_LINE and text.isascii():
-        return "7bit", nl.join(lines) + nl
-    encoded = binascii.b2a_qp(b"\n".join(lines) + b"\n", istext=True)
-    return "quoted-printable", encoded.replace(b"\n", nl) if nl != b"\n" else encoded
-
-
-def _boundary(parts: list[bytes]) -> str:
-    while True:  # as the package makes one: a random number no part contains
-        boundary = "=" * 15 + f"{random.randrange(sys.maxsize):019d}" + "=="
-        if not any(boundary.encode() in part for part in parts):
-            return boundary
-
-
-def _text_part(subtype: str, text: str, linesep: str, extra: str = "") -> bytes:
-    cte, data = _body(text, linesep)
-    return (f'Content-Type: text/{subtype}; charset="utf-8"{linesep}'
-            f"Content-Transfer-Encoding: {cte}{linesep}{extra}{linesep}").encode() + data
-
-
-def _multipart(subtype: str, parts: list[bytes], linesep: str) -> tuple[bytes, bytes]:
-    """A multipart's Content-Type header and its body."""
-    boundary = _boundary(parts)
-    nl = linesep.encode()
-    header = f'Content-Type: multipart/{subtype};{linesep} boundary="{boundary}"{linesep}'.encode()
-    dash = b"--" + boundary.encode()
-    body = b"".join(dash + nl + part + nl for part in parts) + dash + b"--" + nl
-    return header, body
-
-
-def _write(message: Message, sender: str, sender_name: str, reply_to: str, linesep: str,
-           date: datetime | None = None) -> bytes:
-    head, tail = _shared(sender, sender_name, reply_to, message.kind, linesep)
-    to = message.to
-    headers = [
-        head,
-        _plain_header("To", to, linesep, _PLAIN_ADDRESS.match(to) is not None),
-        _plain_header("Subject", message.subject, linesep, _plain_text(message.subject)),
-        f"Date: {email.utils.format_datetime(date or datetime.now(UTC))}{linesep}".encode("ascii"),
-        _plain_header("Message-ID", message.message_id, linesep, _PLAIN_ID.match(message.message_id) is not None),
-        tail,
-    ]
-    nl = linesep.encode()
-    alternative = [_text_part("plain", message.text, linesep), _text_part("html", message.html, linesep)]
-    content_type, body = _multipart("alternative", alternative, linesep)
-    if message.calendar:
-        attachment = _text_part("calendar", message.calendar, linesep,
-                                f'Content-Disposition: attachment; filename="appointment.ics"{linesep}')
-        content_type, body = _multipart("mixed", [content_type + nl + body, attachment], linesep)
-    return b"".join(headers) + content_type + nl + body
 
 
 # Headers that are the same on every message (or on many): parsed and folded once,
@@ -269,13 +162,18 @@ class Sender(Protocol):
 
 
 class Mailer(Protocol):
-    """Opens a session in which a batch of messages is sent."""
+    """Opens a session in which a batch of messages is sent. ``repeatable``: sending a
+    message again replaces what the first send left (a file of its own), so it never
+    reaches anyone twice; a session's sends are safe only once it has closed. A mailer
+    that does not say is taken as not repeatable."""
 
     def session(self) -> contextlib.AbstractContextManager[Sender]: ...
 
 
 class SmtpMailer:
     """Sends by SMTP, over one connection per session (opened at the first send)."""
+
+    repeatable = False  # a message sent again reaches its recipient twice
 
     def __init__(
         self,
@@ -438,6 +336,8 @@ class FileMailer:
     folder, once, when it ends: a batch's files are all on the disk when the
     session has closed without an error.
     """
+
+    repeatable = True
 
     def __init__(self, outbox_dir: Path, sender: str, sender_name: str = "", reply_to: str = "") -> None:
         self.outbox_dir = Path(outbox_dir)

@@ -1013,16 +1013,26 @@ def _stale_reason(row: Outbox, now: datetime, events: dict[int, Event],
     return None
 
 
-def _finish(engine: Engine, row: Outbox, token: str, *, durable: bool = True, **values: Any) -> None:
-    """Record what became of ``row`` (``durable=False``: a commit that survives this
-    process being killed, not a power cut; see ``_sender``)."""
+def _finish_all(engine: Engine, outcomes: Sequence[tuple[Outbox, dict[str, Any]]], token: str, *,
+                durable: bool = True) -> None:
+    """Record what became of each row, in one transaction: one UPDATE for the rows
+    whose outcome is the same (a batch's sent rows), so a batch is finished in one
+    statement. ``durable=False``: a commit that survives this process being killed,
+    not a power cut; see ``_sender``."""
+    if not outcomes:
+        return
+    alike: dict[tuple[tuple[str, Any], ...], list[int]] = {}
+    for row, values in outcomes:
+        alike.setdefault(tuple(sorted(values.items())), []).append(row.id or 0)
     table: Any = Outbox.__table__  # type: ignore[attr-defined]  # Core: no ORM bookkeeping a message
     with transaction(engine, durable=durable) as session:
-        session.connection().execute(
-            table.update()
-            .where(table.c.id == row.id, table.c.claimed_by == token, table.c.status == "sending")
-            .values(claimed_by=None, claimed_until=None, **values)
-        )
+        connection = session.connection()
+        for same, ids in alike.items():
+            connection.execute(
+                table.update()
+                .where(table.c.id.in_(ids), table.c.claimed_by == token, table.c.status == "sending")
+                .values(claimed_by=None, claimed_until=None, **dict(same))
+            )
 
 
 def _release(engine: Engine, rows: Sequence[Outbox], token: str) -> int:
@@ -1034,18 +1044,6 @@ def _release(engine: Engine, rows: Sequence[Outbox], token: str) -> int:
             .where(col(Outbox.id).in_([r.id for r in rows]), col(Outbox.claimed_by) == token,
                    col(Outbox.status) == "sending")
             .values(status="queued", claimed_by=None, claimed_until=None)
-        )
-    return int(getattr(result, "rowcount", 0) or 0)
-
-
-def _unsend(engine: Engine, ids: Sequence[int]) -> int:
-    """The batch's messages could not be made safe (an outbox folder that would not sync):
-    the rows this batch recorded as sent go back to the queue as they were before it."""
-    with transaction(engine) as session:
-        result = session.execute(
-            update(Outbox)
-            .where(col(Outbox.id).in_(ids), col(Outbox.status) == "sent")
-            .values(status="queued", sent_at=None, attempts=col(Outbox.attempts) - 1)
         )
     return int(getattr(result, "rowcount", 0) or 0)
 
@@ -1098,6 +1096,7 @@ def _sender(engine: Engine, settings: Settings, now: datetime, mailer: Mailer, s
     token = uuid.uuid4().hex[:16]
     answered = False
     batches = 0
+    repeatable = getattr(mailer, "repeatable", False)  # not said: a repeat may arrive twice
     lease = _Lease(engine, settings, now, token)
     with lease:
         while (max_batches is None or batches < max_batches) and not stop.is_set():
@@ -1111,8 +1110,10 @@ def _sender(engine: Engine, settings: Settings, now: datetime, mailer: Mailer, s
                 events = {e.id: e for e in session.exec(select(Event).where(col(Event.id).in_(event_ids)))}
                 patients = {p.id: p for p in session.exec(select(Patient).where(col(Patient.id).in_(patient_ids)))}
                 calendars = reminder_calendars(session, settings, rows, events)  # the event, for the patient
-            sent: list[int] = []  # the rows this batch sent
-            last: tuple[Outbox, dict[str, Any]] | None = None  # recorded when the batch ends
+            # Outcomes not yet recorded. A message that may reach its recipient twice has its
+            # outcome recorded before the next send (not synced); the last one, and with a
+            # repeatable mailer (the outbox folder) all of them, once the session has closed.
+            pending: list[tuple[Outbox, dict[str, Any]]] = []
             down: tuple[int, ServerUnavailable] | None = None
             try:
                 with mailer.session() as sender:
@@ -1130,30 +1131,25 @@ def _sender(engine: Engine, settings: Settings, now: datetime, mailer: Mailer, s
                                       "last_error": f"cannot be sent ({type(exc).__name__})"}
                             report.failed += 1
                             log.error("outbox row %s (%s) failed: %s", row.id, row.kind, type(exc).__name__)
-                        if values["status"] == "sent":
-                            sent.append(row.id or 0)
-                        if index == len(rows) - 1:
-                            last = (row, values)
+                        if repeatable or index == len(rows) - 1:
+                            pending.append((row, values))
                         else:
-                            _finish(engine, row, token, durable=False, **values)
+                            _finish_all(engine, [(row, values)], token, durable=False)
             except ServerUnavailable as exc:
-                # The session's end failed (the outbox folder would not sync): the batch's
-                # messages may not be on the disk, so what it sent goes back to the queue.
-                if last is not None and last[1]["status"] != "sent":
-                    _finish(engine, last[0], token, **last[1])
-                _unsend(engine, sent)
-                _release(engine, rows, token)  # the rest, if the server was down too
-                report.sent -= len(sent)
-                report.retried += len(sent) + (len(rows) - down[0] if down else 0)
-                _stop_for(engine, settings, server, now, exc, report, stop, len(sent))
+                # The session's end failed (the outbox folder would not sync): what it wrote may
+                # not be on the disk, so its rows go back to the queue untouched.
+                unsafe = sum(1 for _, values in pending if values["status"] == "sent")
+                _finish_all(engine, [(r, v) for r, v in pending if v["status"] != "sent"], token)
+                report.sent -= unsafe
+                report.retried += _release(engine, rows, token)
+                _stop_for(engine, settings, server, now, exc, report, stop, unsafe)
                 break
-            if down is not None:  # given back after the session: what it sent is safe first
+            _finish_all(engine, pending, token)  # durable, and so is every outcome before it
+            if down is not None:
                 index, error = down
                 report.retried += _release(engine, rows[index:], token)
                 _stop_for(engine, settings, server, now, error, report, stop, len(rows) - index)
                 break
-            if last is not None:
-                _finish(engine, last[0], token, **last[1])  # durable, and so is every outcome before it
     return answered
 
 
