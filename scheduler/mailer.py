@@ -162,13 +162,18 @@ class Sender(Protocol):
 
 
 class Mailer(Protocol):
-    """Opens a session in which a batch of messages is sent."""
+    """Opens a session in which a batch of messages is sent. ``repeatable``: sending a
+    message again replaces what the first send left (a file of its own), so it never
+    reaches anyone twice; a session's sends are safe only once it has closed. A mailer
+    that does not say is taken as not repeatable."""
 
     def session(self) -> contextlib.AbstractContextManager[Sender]: ...
 
 
 class SmtpMailer:
     """Sends by SMTP, over one connection per session (opened at the first send)."""
+
+    repeatable = False  # a message sent again reaches its recipient twice
 
     def __init__(
         self,
@@ -326,8 +331,13 @@ class FileMailer:
     """Writes each message to ``outbox_dir`` as ``<message-id>.eml``, for when there is no SMTP.
 
     The same message always goes to the same file, written atomically: sending
-    it twice leaves one complete file.
+    it twice leaves one complete file. ``send`` syncs its file to the disk before
+    it returns; a session (a batch) writes its files and syncs them all, and the
+    folder, once, when it ends: a batch's files are all on the disk when the
+    session has closed without an error.
     """
+
+    repeatable = True
 
     def __init__(self, outbox_dir: Path, sender: str, sender_name: str = "", reply_to: str = "") -> None:
         self.outbox_dir = Path(outbox_dir)
@@ -336,13 +346,22 @@ class FileMailer:
         self.reply_to = reply_to
 
     @contextlib.contextmanager
-    def session(self) -> Iterator[FileMailer]:
-        yield self
+    def session(self) -> Iterator[FileBatch]:
+        batch = FileBatch(self)
+        try:
+            yield batch
+        finally:
+            batch.sync()
 
     def path_for(self, message: Message) -> Path:
         return self.outbox_dir / f"{safe_file_name(message.message_id)}.eml"
 
     def send(self, message: Message) -> None:
+        with self.session() as batch:
+            batch.send(message)
+
+    def write(self, message: Message) -> Path:
+        """Write ``message``'s file (atomically, not yet synced); returns its path."""
         target = self.path_for(message)
         data = build(message, self.sender, sender_name=self.sender_name, reply_to=self.reply_to)
         try:
@@ -351,8 +370,6 @@ class FileMailer:
             try:
                 with os.fdopen(fd, "wb") as file:
                     file.write(data)
-                    file.flush()
-                    os.fsync(file.fileno())
                 os.replace(temp_name, target)
             except BaseException:
                 with contextlib.suppress(OSError):
@@ -362,6 +379,43 @@ class FileMailer:
             log.warning("cannot write %s (%s) to the outbox", message.message_id, message.kind)
             raise ServerUnavailable(f"cannot write to {self.outbox_dir}: {exc}") from exc
         log.info("wrote %s (%s) to the outbox", message.message_id, message.kind)
+        return target
+
+
+class FileBatch:
+    """A ``FileMailer`` session: writes each message's file as it is sent, and ``sync``
+    puts them all on the disk at the end (each file's data, then the folder's entries
+    once), instead of one ``fsync`` a message."""
+
+    def __init__(self, mailer: FileMailer) -> None:
+        self._mailer = mailer
+        self._written: dict[Path, None] = {}  # in the order written, each once
+
+    def send(self, message: Message) -> None:
+        self._written[self._mailer.write(message)] = None
+
+    def sync(self) -> None:
+        """Sync every file written so far, then the folder; raises ``ServerUnavailable``
+        when the disk refuses (the files may then be lost: the caller sends them again)."""
+        if not self._written:
+            return
+        folder = self._mailer.outbox_dir
+        try:
+            for path in self._written:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.warning("cannot sync %d messages in the outbox folder", len(self._written))
+            raise ServerUnavailable(f"cannot sync the files in {folder}: {exc}") from exc
+        self._written.clear()
 
 
 def safe_file_name(message_id: str) -> str:

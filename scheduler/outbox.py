@@ -7,8 +7,9 @@ by id, rendered, and inserted a batch at a time (one executemany) with
 is queued at most once per (event, kind, recipient) whatever runs at the same
 time. Delivery claims rows with one conditional UPDATE (``FOR UPDATE SKIP
 LOCKED`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` serialises it), sends,
-and marks each row sent in its own transaction: a crash can repeat at most the
-message in flight, never lose one. A claim is a short lease that the sender
+and marks each row sent in its own transaction (not synced to the disk; the
+batch's last one is, and with it the batch): a killed process can repeat at most
+the message in flight, a power cut at most a batch, and neither loses one. A claim is a short lease that the sender
 renews while it works, so a dead sender's rows are taken over within
 ``claim_seconds`` (docs/faults.md).
 
@@ -998,14 +999,26 @@ def _stale_reason(row: Outbox, now: datetime, events: dict[int, Event],
     return None
 
 
-def _finish(engine: Engine, row: Outbox, token: str, **values: Any) -> None:
-    with transaction(engine) as session:
-        session.execute(
-            update(Outbox)
-            .where(col(Outbox.id) == row.id, col(Outbox.claimed_by) == token,
-                   col(Outbox.status) == "sending")
-            .values(claimed_by=None, claimed_until=None, **values)
-        )
+def _finish_all(engine: Engine, outcomes: Sequence[tuple[Outbox, dict[str, Any]]], token: str, *,
+                durable: bool = True) -> None:
+    """Record what became of each row, in one transaction: one UPDATE for the rows
+    whose outcome is the same (a batch's sent rows), so a batch is finished in one
+    statement. ``durable=False``: a commit that survives this process being killed,
+    not a power cut; see ``_sender``."""
+    if not outcomes:
+        return
+    alike: dict[tuple[tuple[str, Any], ...], list[int]] = {}
+    for row, values in outcomes:
+        alike.setdefault(tuple(sorted(values.items())), []).append(row.id or 0)
+    table: Any = Outbox.__table__  # type: ignore[attr-defined]  # Core: no ORM bookkeeping a message
+    with transaction(engine, durable=durable) as session:
+        connection = session.connection()
+        for same, ids in alike.items():
+            connection.execute(
+                table.update()
+                .where(table.c.id.in_(ids), table.c.claimed_by == token, table.c.status == "sending")
+                .values(claimed_by=None, claimed_until=None, **dict(same))
+            )
 
 
 def _release(engine: Engine, rows: Sequence[Outbox], token: str) -> int:
@@ -1026,48 +1039,50 @@ def _as_message(row: Outbox, calendar: str | None = None) -> Message:
                    html=row.body_html, message_id=row.message_id, calendar=calendar)
 
 
-def _deliver_one(engine: Engine, settings: Settings, now: datetime, token: str, sender: Any, row: Outbox,
-                 events: dict[int, Event], patients: dict[int, Patient], report: Delivery,
-                 calendar: str | None = None) -> bool:
-    """Send one row and record what became of it; returns whether the server
-    answered. ``ServerUnavailable`` goes up to the caller untouched."""
+def _deliver_one(settings: Settings, now: datetime, sender: Any, row: Outbox, events: dict[int, Event],
+                 patients: dict[int, Patient], report: Delivery,
+                 calendar: str | None = None) -> tuple[dict[str, Any], bool]:
+    """Send one row; returns the values that record what became of it, and whether the
+    server answered. ``ServerUnavailable`` goes up to the caller untouched."""
     reason = _stale_reason(row, now, events, patients)
     if reason:
-        _finish(engine, row, token, status="skipped", last_error=f"not sent: {reason}")
         report.skipped += 1
-        return False
+        return {"status": "skipped", "last_error": f"not sent: {reason}"}, False
     attempts = row.attempts + 1
     try:
         sender.send(_as_message(row, calendar))
     except ServerUnavailable:
         raise
     except TemporarySendError as exc:  # this message's own 4xx answer
-        if attempts >= settings.scheduler.max_attempts:
-            _finish(engine, row, token, status="failed", attempts=attempts, last_error=str(exc)[:400])
-            report.failed += 1
-        else:
-            _finish(engine, row, token, status="queued", attempts=attempts,
-                    next_attempt_at=now + backoff(settings, attempts), last_error=str(exc)[:400])
-            report.retried += 1
         log.warning("temporary failure sending outbox row %s (%s); retrying later", row.id, row.kind)
-        return True
+        if attempts >= settings.scheduler.max_attempts:
+            report.failed += 1
+            return {"status": "failed", "attempts": attempts, "last_error": str(exc)[:400]}, True
+        report.retried += 1
+        return {"status": "queued", "attempts": attempts, "next_attempt_at": now + backoff(settings, attempts),
+                "last_error": str(exc)[:400]}, True
     except PermanentSendError as exc:
-        _finish(engine, row, token, status="failed", attempts=attempts, last_error=str(exc)[:400])
         report.failed += 1
         log.warning("permanent failure sending outbox row %s (%s)", row.id, row.kind)
-        return True
-    _finish(engine, row, token, status="sent", attempts=attempts, sent_at=now, last_error=None)
+        return {"status": "failed", "attempts": attempts, "last_error": str(exc)[:400]}, True
     report.sent += 1
-    return True
+    return {"status": "sent", "attempts": attempts, "sent_at": now, "last_error": None}, True
 
 
 def _sender(engine: Engine, settings: Settings, now: datetime, mailer: Mailer, server: str,
             max_batches: int | None, report: Delivery, stop: threading.Event) -> bool:
     """One sender: claims a batch, sends it over one mail connection, and again, until
-    nothing is left (or ``max_batches``); returns whether the server answered."""
+    nothing is left (or ``max_batches``); returns whether the server answered.
+
+    Each message's outcome is recorded as soon as it is known, in a commit of its own
+    that survives the process being killed but is not synced to the disk; the last one
+    is recorded once the mail session has ended (the outbox folder's files synced), in a
+    durable commit that makes the whole batch durable. A killed process repeats at most
+    the message in flight; a power cut at most the last batch (docs/faults.md)."""
     token = uuid.uuid4().hex[:16]
     answered = False
     batches = 0
+    repeatable = getattr(mailer, "repeatable", False)  # not said: a repeat may arrive twice
     lease = _Lease(engine, settings, now, token)
     with lease:
         while (max_batches is None or batches < max_batches) and not stop.is_set():
@@ -1081,28 +1096,57 @@ def _sender(engine: Engine, settings: Settings, now: datetime, mailer: Mailer, s
                 events = {e.id: e for e in session.exec(select(Event).where(col(Event.id).in_(event_ids)))}
                 patients = {p.id: p for p in session.exec(select(Patient).where(col(Patient.id).in_(patient_ids)))}
                 calendars = reminder_calendars(session, settings, rows, events)  # the event, for the patient
-            with mailer.session() as sender:
-                for index, row in enumerate(rows):
-                    try:
-                        answered = _deliver_one(
-                            engine, settings, now, token, sender, row, events, patients,  # type: ignore[arg-type]
-                            report, calendars.get(row.id or 0)) or answered
-                    except ServerUnavailable as exc:
-                        report.retried += _release(engine, rows[index:], token)
-                        retry_at = _server_down(engine, settings, server, now, exc)
-                        report.server_down = True
-                        stop.set()
-                        log.warning("the mail server is unavailable; %d messages wait, next try at %s",
-                                    len(rows) - index, retry_at.isoformat())
-                        break
-                    except Exception as exc:  # this row alone: anything its message raised
-                        _finish(engine, row, token, status="failed", attempts=row.attempts + 1,
-                                last_error=f"cannot be sent ({type(exc).__name__})")
-                        report.failed += 1
-                        log.error("outbox row %s (%s) failed: %s", row.id, row.kind, type(exc).__name__)
-            if report.server_down:
+            # Outcomes not yet recorded. A message that may reach its recipient twice has its
+            # outcome recorded before the next send (not synced); the last one, and with a
+            # repeatable mailer (the outbox folder) all of them, once the session has closed.
+            pending: list[tuple[Outbox, dict[str, Any]]] = []
+            down: tuple[int, ServerUnavailable] | None = None
+            try:
+                with mailer.session() as sender:
+                    for index, row in enumerate(rows):
+                        try:
+                            values, ok = _deliver_one(
+                                settings, now, sender, row, events, patients,  # type: ignore[arg-type]
+                                report, calendars.get(row.id or 0))
+                            answered = ok or answered
+                        except ServerUnavailable as exc:
+                            down = (index, exc)
+                            break
+                        except Exception as exc:  # this row alone: anything its message raised
+                            values = {"status": "failed", "attempts": row.attempts + 1,
+                                      "last_error": f"cannot be sent ({type(exc).__name__})"}
+                            report.failed += 1
+                            log.error("outbox row %s (%s) failed: %s", row.id, row.kind, type(exc).__name__)
+                        if repeatable or index == len(rows) - 1:
+                            pending.append((row, values))
+                        else:
+                            _finish_all(engine, [(row, values)], token, durable=False)
+            except ServerUnavailable as exc:
+                # The session's end failed (the outbox folder would not sync): what it wrote may
+                # not be on the disk, so its rows go back to the queue untouched.
+                unsafe = sum(1 for _, values in pending if values["status"] == "sent")
+                _finish_all(engine, [(r, v) for r, v in pending if v["status"] != "sent"], token)
+                report.sent -= unsafe
+                report.retried += _release(engine, rows, token)
+                _stop_for(engine, settings, server, now, exc, report, stop, unsafe)
+                break
+            _finish_all(engine, pending, token)  # durable, and so is every outcome before it
+            if down is not None:
+                index, error = down
+                report.retried += _release(engine, rows[index:], token)
+                _stop_for(engine, settings, server, now, error, report, stop, len(rows) - index)
                 break
     return answered
+
+
+def _stop_for(engine: Engine, settings: Settings, server: str, now: datetime, exc: Exception,
+              report: Delivery, stop: threading.Event, waiting: int) -> None:
+    """The mail server (or the outbox folder) is unavailable: every sender stops."""
+    retry_at = _server_down(engine, settings, server, now, exc)
+    report.server_down = True
+    stop.set()
+    log.warning("the mail server is unavailable; %d messages wait, next try at %s",
+                waiting, retry_at.isoformat())
 
 
 def deliver(engine: Engine, settings: Settings, now: datetime, mailer: Mailer | None = None,

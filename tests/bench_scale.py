@@ -61,7 +61,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, func, text, update
+from smtp_sink import SmtpSink  # tests/, beside this script
+from sqlalchemy import Engine, create_engine, delete, event, func, inspect, text, update
 from sqlmodel import Session, col, select
 
 from models import Event, Outbox, Patient, metadata
@@ -680,12 +681,15 @@ STEPS: dict[str, Callable[[Engine, Settings, datetime, Meter], dict[str, Any]]] 
 
 
 def run_step(name: str, url: str, workdir: Path, now: datetime, trace: bool,
-             smtp_port: int | None = None) -> dict[str, Any]:
+             smtp_port: int | None = None, senders: int | None = None) -> dict[str, Any]:
     """Runs in the child: set up, then measure only the step."""
     settings = bench_settings(url, workdir)
     if smtp_port:
         settings = settings.model_copy(update={"smtp": settings.smtp.model_copy(
             update={"host": "127.0.0.1", "port": smtp_port})})
+    if senders:
+        settings = settings.model_copy(update={"scheduler": settings.scheduler.model_copy(
+            update={"senders": senders})})
     engine = db.make_engine(url)
     db.ensure_schema(engine)
     meter = Meter(trace)
@@ -696,10 +700,15 @@ def run_step(name: str, url: str, workdir: Path, now: datetime, trace: bool,
 
 
 def in_child(step: str, url: str, workdir: Path, now: datetime, trace: bool,
-             extra: list[str] | None = None) -> dict[str, Any]:
+             extra: list[str] | None = None, code: Path | None = None) -> dict[str, Any]:
+    """Run ``step`` in a child process (``code``: with that source tree's ``scheduler``)."""
     cmd = [sys.executable, __file__, "--step", step, "--url", url, "--workdir", str(workdir),
            "--now", now.isoformat()] + (["--tracemalloc"] if trace else []) + (extra or [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    env = None
+    if code is not None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(code), str(Path(__file__).resolve().parent)])
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"step {step} failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -944,6 +953,125 @@ def only_queue(args: argparse.Namespace, now: datetime) -> int:
     return 0 if len(hashes) == 1 else 1
 
 
+def step_deliver(engine: Engine, settings: Settings, now: datetime, meter: Meter) -> dict[str, Any]:
+    """``deliver`` alone, through the SMTP server of ``--smtp-port``: wall time and the CPU time
+    of this process (all its senders' threads)."""
+    started, cpu = time.perf_counter(), time.process_time()
+    with meter.part("deliver"):
+        delivery = deliver(engine, settings, now)
+    cpu = time.process_time() - cpu
+    seconds = time.perf_counter() - started
+    return meter.result(sent=delivery.sent, skipped=delivery.skipped, failed=delivery.failed,
+                        retried=delivery.retried, server_down=delivery.server_down,
+                        deliver_seconds=seconds, deliver_cpu_seconds=cpu,
+                        senders=settings.scheduler.senders)
+
+
+STEPS["deliver"] = step_deliver
+
+
+class CountingSink(SmtpSink):
+    """The benchmark's mail server: aiosmtpd, as the tests' sink, but it keeps each message's
+    bytes and counts them instead of parsing them with the ``email`` package (which cost the
+    sink, on the same two cores, more than the sender spends on a message)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kept: list[bytes] = []
+
+    def _record(self, session: Any, envelope: Any) -> None:
+        with self._lock:
+            self.kept.append(envelope.original_content)
+
+    def clear(self) -> None:
+        super().clear()
+        with self._lock:
+            self.kept.clear()
+
+
+def _reset_outbox(url: str, now: datetime) -> None:
+    """Every message the pass queued back to queued, as it was before the first delivery."""
+    engine = db.make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE outbox SET status = 'queued', attempts = 0, sent_at = NULL, "
+                              "claimed_by = NULL, claimed_until = NULL, last_error = NULL, "
+                              "next_attempt_at = :now WHERE id IN (SELECT id FROM bench_queued)"),
+                         {"now": now})
+            conn.execute(text("DELETE FROM mail_server"))
+        if engine.dialect.name == "postgresql":
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.execute(text("VACUUM ANALYZE outbox"))
+    finally:
+        engine.dispose()
+
+
+def only_deliver(args: argparse.Namespace, now: datetime) -> int:
+    """--only deliver: the first pass's messages at N queued once, then delivered through a local
+    aiosmtpd server by each code tree (``--compare TREE`` first, then this one) with 1 and then
+    ``--senders`` senders, the outbox put back to queued before each run. The server runs in this
+    process (``--sink count``: counts and keeps the bytes; ``parse``: the tests' sink)."""
+    workdir = Path(tempfile.mkdtemp(prefix="cobalt-bench-deliver-"))
+    trees: list[tuple[str, Path | None]] = [("this tree", None)]
+    if args.compare:
+        trees.insert(0, (str(args.compare), args.compare.resolve()))
+    senders = sorted({1, args.senders})
+    results: dict[str, Any] = {"backend": args.backend, "patients": args.patients, "sink": args.sink,
+                               "machine": machine(), "runs": []}
+    try:
+        with database(args.backend, workdir, False, args.db) as url:
+            settings = bench_settings(url, workdir)
+            if existing_build(url) is None:
+                results["build"] = build(url, settings, args.patients, args.templates, now, args.seed)
+            engine = db.make_engine(url)
+            if "bench_queued" not in inspect(engine).get_table_names():  # else: queued by an earlier run (--db)
+                roll_forward(engine, settings, now)
+                queue_due_messages(engine, settings, now)
+                with engine.begin() as conn:
+                    conn.execute(text("CREATE TABLE bench_queued AS SELECT id FROM outbox WHERE status = 'queued'"))
+            with engine.connect() as conn:
+                results["queued"] = conn.execute(text("SELECT COUNT(*) FROM bench_queued")).scalar_one()
+            engine.dispose()
+            log(f"{results['queued']:,} messages queued to deliver")
+            sink = CountingSink() if args.sink == "count" else SmtpSink()
+            sink.start()
+            try:
+                for _ in range(args.repeat):
+                    for title, code in trees:
+                        for n in senders:
+                            _reset_outbox(url, now)
+                            sink.clear()
+                            usage = resource.getrusage(resource.RUSAGE_SELF)
+                            sink_cpu = usage.ru_utime + usage.ru_stime
+                            r = in_child("deliver", url, workdir, now, False,
+                                         ["--smtp-port", str(sink.port), "--senders", str(n)], code=code)
+                            usage = resource.getrusage(resource.RUSAGE_SELF)
+                            r["sink_cpu_seconds"] = usage.ru_utime + usage.ru_stime - sink_cpu
+                            r["received"] = len(sink.kept) if isinstance(sink, CountingSink) else len(sink.messages)
+                            r["tree"] = title
+                            r["msgs_per_s"] = r["sent"] / r["deliver_seconds"]
+                            results["runs"].append(r)
+                            log(f"{title}, {n} sender(s): {r['sent']:,} sent in {r['deliver_seconds']:.2f} s "
+                                f"= {r['msgs_per_s']:,.0f}/s; CPU {r['deliver_cpu_seconds']:.2f} s "
+                                f"({r['deliver_cpu_seconds'] / max(r['sent'], 1) * 1000:.2f} ms a message), "
+                                f"sink CPU {r['sink_cpu_seconds']:.2f} s; {r['received']:,} received")
+            finally:
+                sink.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"\ndeliver through SMTP, {args.backend}, N = {args.patients:,}, sink {args.sink} ({machine()})")
+    print("(CPU: the delivering process's, all senders; sink CPU: the server's, in this process)")
+    print(f"{'code':<32} {'senders':>7} {'sent':>6} {'seconds':>7} {'msgs/s':>7} {'CPU s':>6} "
+          f"{'CPU ms/msg':>10} {'sink CPU s':>10}")
+    for r in results["runs"]:
+        print(f"{r['tree'][-32:]:<32} {r['senders']:>7} {r['sent']:>6,} {r['deliver_seconds']:>7.2f} "
+              f"{r['msgs_per_s']:>7,.0f} {r['deliver_cpu_seconds']:>6.2f} "
+              f"{r['deliver_cpu_seconds'] / max(r['sent'], 1) * 1000:>10.2f} {r['sink_cpu_seconds']:>10.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
 def step_quick_pass(engine: Engine, settings: Settings, now: datetime, meter: Meter) -> dict[str, Any]:
     """The first pass at ``now`` (queueing timed, delivery timed through SMTP when a server is
     set, else the queued rows are marked sent by one UPDATE), then EMPTY_PASSES passes with
@@ -999,8 +1127,6 @@ STEPS["quickpass"] = step_quick_pass
 def quick(args: argparse.Namespace, now: datetime) -> int:
     """--quick: SQLite at N and 10N (one template set, replicated twice), the import and the raw
     insert, the first pass's queueing and SMTP delivery at N, the empty pass at N and 10N."""
-    from smtp_sink import SmtpSink
-
     n = args.patients
     workdir = Path(tempfile.mkdtemp(prefix="cobalt-bench-quick-"))
     results: dict[str, Any] = {"backend": "sqlite", "patients": n, "patients_10x": 10 * n,
@@ -1020,7 +1146,7 @@ def quick(args: argparse.Namespace, now: datetime) -> int:
         settle_stamps(engine, now)
         engine.dispose()
         log(f"enrolled {args.templates} templates ({actions} actions) in {time.perf_counter() - started:.0f} s")
-        sink = SmtpSink().start()
+        sink = CountingSink().start()  # counts and keeps the bytes: see --only deliver --sink parse
         try:
             for key, patients in (("at_n", n), ("at_10n", 10 * n)):
                 path = workdir / f"{key}.db"
@@ -1042,7 +1168,7 @@ def quick(args: argparse.Namespace, now: datetime) -> int:
                 log(f"  pass: queued {r['queued']:,}, sent {r['sent']:,}; empty pass "
                     f"{r['empty_pass_ms']:.0f} ms (runs: {', '.join(f'{t:.0f}' for t in r['empty_pass_all_ms'])})")
                 path.unlink()
-            results["smtp_received"] = len(sink.messages)
+            results["smtp_received"] = len(sink.kept)
         finally:
             sink.stop()
     finally:
@@ -1072,7 +1198,7 @@ def quick(args: argparse.Namespace, now: datetime) -> int:
         f"{summary['queue_msgs_per_s_10x']:,.0f}/s (CPU {a['queue_cpu_seconds']:.2f} s and "
         f"{b['queue_cpu_seconds']:.2f} s; the digest, one message, {_s(a['queue_steps']['digest'][0])} and "
         f"{_s(b['queue_steps']['digest'][0])} of the wall time)",
-        f"deliver at N through SMTP (aiosmtpd): {a['sent']:,} in {_s(a['seconds']['deliver'])} = "
+        f"deliver at N through SMTP (aiosmtpd, counting): {a['sent']:,} in {_s(a['seconds']['deliver'])} = "
         f"{summary['deliver_msgs_per_s']:,.0f}/s ({results['smtp_received']:,} received)",
         f"empty pass: {summary['empty_pass_ms']:.0f} ms at N, {summary['empty_pass_ms_10x']:.0f} ms at 10N "
         f"(CPU of the process: {a['empty_pass_cpu_ms']:.1f} ms at N, {b['empty_pass_cpu_ms']:.1f} ms at 10N)",
@@ -1259,11 +1385,18 @@ def main(argv: list[str] | None = None) -> int:
                              "SMTP delivery, the empty pass; the ratio goals")
     parser.add_argument("--import-patients", type=int, default=IMPORT_PATIENTS,
                         help=f"patients in the CSV for `cobalt import patients` (default {IMPORT_PATIENTS:,})")
-    parser.add_argument("--only", choices=("import", "queue"),
+    parser.add_argument("--only", choices=("import", "queue", "deliver"),
                         help="import: only the import-vs-raw measurement of --quick (with --backend); "
-                             "queue: only the first pass's queueing at N, SQLite (--db: a database built before)")
+                             "queue: only the first pass's queueing at N, SQLite (--db: a database built before); "
+                             "deliver: only SMTP delivery at N, with 1 and --senders senders (with --backend)")
+    parser.add_argument("--senders", type=int, default=4,
+                        help="with --only deliver: also run this many senders (default 4)")
+    parser.add_argument("--sink", choices=("count", "parse"), default="count",
+                        help="with --only deliver: the mail server counts and keeps the bytes (default), "
+                             "or parses every message as the tests' sink does")
+    parser.add_argument("--repeat", type=int, default=1, help="with --only deliver: runs of each")
     parser.add_argument("--compare", type=Path, metavar="TREE",
-                        help="with --only: also run from this source tree "
+                        help="with --only: also run it with this source tree "
                              "(e.g. `git archive` of another commit), first, side by side")
     parser.add_argument("--rounds", type=int, default=3,
                         help="with --only queue: runs of each version, taking turns (default 3)")
@@ -1279,13 +1412,15 @@ def main(argv: list[str] | None = None) -> int:
     args.patients = args.patients or QUICK_N
 
     if args.step:
-        print(json.dumps(run_step(args.step, args.url, args.workdir, now, args.tracemalloc, args.smtp_port),
-                         default=str))
+        print(json.dumps(run_step(args.step, args.url, args.workdir, now, args.tracemalloc, args.smtp_port,
+                                  args.senders if args.step == "deliver" else None), default=str))
         return 0
     if args.only == "import":
         return only_import(args)
     if args.only == "queue":
         return only_queue(args, now)
+    if args.only == "deliver":
+        return only_deliver(args, now)
     if args.quick:
         return quick(args, now)
 
