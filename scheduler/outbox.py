@@ -47,12 +47,12 @@ from datetime import UTC, date, datetime, time, timedelta
 from time import monotonic
 from typing import Any
 
-from sqlalchemy import Engine, and_, exists, func, or_, text, tuple_, update
+from sqlalchemy import Engine, and_, exists, func, literal_column, or_, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
-from models import Event, LabResult, MailServer, Outbox, PassMark, Patient
+from models import PLANNED, Event, LabResult, MailServer, Outbox, PassMark, Patient
 from scheduler.config import Settings
 from scheduler.db import chunked, transaction
 from scheduler.domain import Kind
@@ -696,9 +696,12 @@ def _digest(session: Session, clock: Clock, templates: Templates) -> int:
         ("overdue", col(Event.due) < today),
         ("upcoming", and_(col(Event.due) > today, col(Event.due) <= today + timedelta(days=DIGEST_UPCOMING_DAYS))),
     ):
-        base = (select(Event, Patient).join(Patient, col(Patient.id) == col(Event.patient_id))
-                .where(col(Event.status) == "planned", window, col(Patient.status) == "active"))
-        totals[name] = session.exec(select(func.count()).select_from(base.subquery())).one()
+        # The open events' index (ix_event_planned_due, whose WHERE the literal PLANNED says)
+        # holds status, due and patient_id: the count reads it alone, no event row.
+        where = (col(Event.status) == PLANNED, window, col(Patient.status) == "active")
+        totals[name] = session.exec(select(func.count()).select_from(Event)
+                                    .join(Patient, col(Patient.id) == col(Event.patient_id)).where(*where)).one()
+        base = select(Event, Patient).join(Patient, col(Patient.id) == col(Event.patient_id)).where(*where)
         rows = list(session.exec(base.order_by(col(Event.due), col(Patient.mrn), col(Event.id))
                                  .limit(DIGEST_SECTION_LIMIT)))
         ids = sorted({p.id for _, p in rows if p.id is not None})
@@ -754,7 +757,7 @@ def _to_telephone(session: Session, clock: Clock) -> tuple[list[dict[str, Any]],
     unreachable = and_(col(Event.due) >= today,
                        col(Event.due) <= today + timedelta(days=clinic.telephone_ahead_days),
                        or_(col(Patient.email).is_(None), col(Patient.opted_out).is_(True)))
-    planned = (col(Event.status) == "planned", col(Patient.status) == "active")
+    planned = (col(Event.status) == PLANNED, col(Patient.status) == "active")  # ix_event_planned_due
     total = session.exec(
         select(func.count(func.distinct(col(Event.patient_id))))
         .select_from(Event).join(Patient, col(Patient.id) == col(Event.patient_id))
@@ -1176,13 +1179,20 @@ def purge_old_bodies(session: Session, settings: Settings, now: datetime) -> int
     """Clear the bodies of messages sent (or skipped, or failed and reported) more
     than ``outbox_keep_days`` ago. The rows stay: they are what makes a message
     once-only. Runs once a day, with the digest (whose unique key makes sure one
-    process does it), as it reads the old rows."""
-    done = or_(col(Outbox.status).in_(["sent", "skipped"]),
-               and_(col(Outbox.status) == "failed", col(Outbox.reported).is_(True)))
+    process does it).
+
+    Reads ``ix_outbox_created_at_body_kept``, the rows whose body is still kept: its
+    WHERE is said with the literal ``''`` (a partial index serves only a query that says
+    its term), and a cleared row leaves it, so the cost follows the bodies left to clear.
+    The status is tested on ``coalesce(status, '')`` (status is never null), which no
+    index holds: SQLite, which has no statistics, would otherwise read every finished
+    row through the status indexes, whose equality it rates above any range."""
+    status = func.coalesce(col(Outbox.status), "")
+    done = or_(status.in_(["sent", "skipped"]), and_(status == "failed", col(Outbox.reported).is_(True)))
     result = session.execute(
         update(Outbox)
-        .where(done, col(Outbox.created_at) < now - timedelta(days=settings.scheduler.outbox_keep_days),
-               col(Outbox.body_text) != "")
+        .where(col(Outbox.body_text) != literal_column("''"),
+               col(Outbox.created_at) < now - timedelta(days=settings.scheduler.outbox_keep_days), done)
         .values(body_text="", body_html="")
     )
     return int(getattr(result, "rowcount", 0) or 0)
