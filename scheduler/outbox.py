@@ -47,7 +47,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from time import monotonic
 from typing import Any
 
-from sqlalchemy import Engine, and_, exists, func, literal_column, or_, text, tuple_, update
+from sqlalchemy import Engine, and_, exists, func, literal_column, or_, text, tuple_, union, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
@@ -753,24 +753,29 @@ def _to_telephone(session: Session, clock: Clock) -> tuple[list[dict[str, Any]],
     ``telephone_ahead_days``. One line per patient, oldest first."""
     clinic = clock.settings.clinic
     today = clock.today
-    late = col(Event.due) <= today - timedelta(days=clinic.telephone_overdue_days)
-    unreachable = and_(col(Event.due) >= today,
-                       col(Event.due) <= today + timedelta(days=clinic.telephone_ahead_days),
-                       or_(col(Patient.email).is_(None), col(Patient.opted_out).is_(True)))
-    planned = (col(Event.status) == PLANNED, col(Patient.status) == "active")  # ix_event_planned_due
-    total = session.exec(
-        select(func.count(func.distinct(col(Event.patient_id))))
-        .select_from(Event).join(Patient, col(Patient.id) == col(Event.patient_id))
-        .where(*planned, or_(late, unreachable))
-    ).one()
+    # Each reason is the open events in a window (ix_event_planned_due), grouped by patient
+    # before the patients are read: a group by patient.id let SQLite walk every patient
+    # and every event of each (seconds at 200,000 patients).
+    active = col(Patient.status) == "active"
+    late = (col(Event.due) <= today - timedelta(days=clinic.telephone_overdue_days),)
+    soon = (col(Event.due) >= today, col(Event.due) <= today + timedelta(days=clinic.telephone_ahead_days))
+    reasons = (("late", late, (active,)),
+               ("unreachable", soon, (active, or_(col(Patient.email).is_(None), col(Patient.opted_out).is_(True)))))
+    whom = union(*(select(col(Event.patient_id)).join(Patient, col(Patient.id) == col(Event.patient_id))
+                   .where(col(Event.status) == PLANNED, *window, *who) for _, window, who in reasons))
+    total = session.exec(select(func.count()).select_from(whom.subquery())).one()
     lines: dict[int, dict[str, Any]] = {}
-    for condition, why in ((late, "late"), (unreachable, "unreachable")):
+    for why, window, who in reasons:
+        per_patient = (
+            select(col(Event.patient_id).label("patient_id"), func.min(col(Event.due)).label("since"),
+                   func.count().label("events"))
+            .where(col(Event.status) == PLANNED, *window).group_by(col(Event.patient_id)).subquery()
+        )
         rows = session.exec(
-            select(Patient, func.min(col(Event.due)), func.count())
-            .join(Event, col(Event.patient_id) == col(Patient.id))
-            .where(*planned, condition)
-            .group_by(col(Patient.id))
-            .order_by(func.min(col(Event.due)), col(Patient.mrn))
+            select(Patient, per_patient.c.since, per_patient.c.events)
+            .join(per_patient, per_patient.c.patient_id == col(Patient.id))
+            .where(*who)
+            .order_by(per_patient.c.since, col(Patient.mrn))
             .limit(DIGEST_SECTION_LIMIT)
         )
         for patient, since, count in rows:
