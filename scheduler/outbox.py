@@ -754,8 +754,8 @@ def _to_telephone(session: Session, clock: Clock) -> tuple[list[dict[str, Any]],
     clinic = clock.settings.clinic
     today = clock.today
     # Each reason is the open events in a window (ix_event_planned_due), grouped by patient
-    # before the patients are read: a group by patient.id let SQLite walk every patient
-    # and every event of each (seconds at 200,000 patients).
+    # before the patients are read: grouped by patient.id, SQLite (with statistics) walked
+    # every patient and every event of each (15 s at 200,000 patients).
     active = col(Patient.status) == "active"
     late = (col(Event.due) <= today - timedelta(days=clinic.telephone_overdue_days),)
     soon = (col(Event.due) >= today, col(Event.due) <= today + timedelta(days=clinic.telephone_ahead_days))
@@ -1190,8 +1190,8 @@ def purge_old_bodies(session: Session, settings: Settings, now: datetime) -> int
     WHERE is said with the literal ``''`` (a partial index serves only a query that says
     its term), and a cleared row leaves it, so the cost follows the bodies left to clear.
     The status is tested on ``coalesce(status, '')`` (status is never null), which no
-    index holds: SQLite, which has no statistics, would otherwise read every finished
-    row through the status indexes, whose equality it rates above any range."""
+    index holds: on the bare column SQLite read every finished row through the status
+    indexes (without statistics it rates an equality above any range)."""
     status = func.coalesce(col(Outbox.status), "")
     done = or_(status.in_(["sent", "skipped"]), and_(status == "failed", col(Outbox.reported).is_(True)))
     result = session.execute(
