@@ -19,7 +19,7 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ConfigDict
-from sqlalchemy import Column, ColumnClause, Index, MetaData, UniqueConstraint, literal_column, text
+from sqlalchemy import Column, ColumnClause, Index, MetaData, UniqueConstraint, literal_column
 from sqlmodel import Field, SQLModel
 
 from models.types import UTCDateTime, utcnow
@@ -92,7 +92,6 @@ class Regimen(TableModel, table=True):
 # partial index serves a query only when the query says the index's WHERE itself
 # (SQLite matches no bound parameter with it, nor does a generic PostgreSQL plan).
 PLANNED: ColumnClause[str] = literal_column("'planned'")
-_OPEN = text("status = 'planned'")
 
 
 class Event(TableModel, table=True):
@@ -105,12 +104,7 @@ class Event(TableModel, table=True):
         # What a pass has left to decide (scheduler.told); no status column, so no other index
         # serves the claims (their planner cannot know that the window's rows are the decided ones).
         Index("ix_event_kind_told_due", "kind", "told", "due"),
-        # The open events by due date (the worklist, the digest; migration 0012): the planned
-        # rows only, so what it holds and what a window reads follow what is open, not the
-        # whole history. It leads with status, like ix_event_status_due, so that SQLite
-        # prefers it (without statistics it weighs the two by their columns), and ends with
-        # patient_id, so that a count of open events joined to their patients reads it alone.
-        Index("ix_event_planned_due", "status", "due", "patient_id", sqlite_where=_OPEN, postgresql_where=_OPEN),
+        # ix_event_planned_due, the open events by due date, is defined in models.records.
     )
     id: int | None = Field(default=None, primary_key=True)
     patient_id: int = Field(foreign_key="patient.id")
