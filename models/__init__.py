@@ -19,7 +19,7 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ConfigDict
-from sqlalchemy import Column, Index, MetaData, UniqueConstraint
+from sqlalchemy import Column, ColumnClause, Index, MetaData, UniqueConstraint, literal_column
 from sqlmodel import Field, SQLModel
 
 from models.types import UTCDateTime, utcnow
@@ -88,6 +88,12 @@ class Regimen(TableModel, table=True):
     created_at: datetime = ts()  # type: ignore[assignment]
 
 
+# The open events' term, ``event.status = 'planned'``, written with the literal: a
+# partial index serves a query only when the query says the index's WHERE itself
+# (SQLite matches no bound parameter with it, nor does a generic PostgreSQL plan).
+PLANNED: ColumnClause[str] = literal_column("'planned'")
+
+
 class Event(TableModel, table=True):
     """One line of a patient's timeline, as the planner last planned it."""
 
@@ -98,6 +104,7 @@ class Event(TableModel, table=True):
         # What a pass has left to decide (scheduler.told); no status column, so no other index
         # serves the claims (their planner cannot know that the window's rows are the decided ones).
         Index("ix_event_kind_told_due", "kind", "told", "due"),
+        # ix_event_planned_due, the open events by due date, is defined in models.records.
     )
     id: int | None = Field(default=None, primary_key=True)
     patient_id: int = Field(foreign_key="patient.id")

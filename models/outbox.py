@@ -3,10 +3,13 @@ passes got: loaded on first use (see ``models``)."""
 
 from datetime import date, datetime
 
-from sqlalchemy import Column, Index, Text, UniqueConstraint
+from sqlalchemy import Column, Index, Text, UniqueConstraint, text
 from sqlmodel import Field
 
 from models import TableModel, ts, ts_null
+
+# The messages whose bodies are still kept: the purge reads only these (migration 0012).
+_BODY_KEPT = text("body_text <> ''")
 
 
 class Outbox(TableModel, table=True):
@@ -24,6 +27,8 @@ class Outbox(TableModel, table=True):
         Index("ix_outbox_event_id_kind", "event_id", "kind"),
         Index("ix_outbox_kind_event_due_event_id", "kind", "event_due", "event_id"),  # what patients were told
         Index("ix_outbox_status_reported", "status", "reported"),  # the digest's failed and not sent
+        # The purge's: a row leaves it when its body is cleared, so the purge reads what is left to clear.
+        Index("ix_outbox_created_at_body_kept", "created_at", sqlite_where=_BODY_KEPT, postgresql_where=_BODY_KEPT),
     )
     id: int | None = Field(default=None, primary_key=True)
     dedupe_key: str = Field(max_length=200)

@@ -4,10 +4,21 @@ audit trail: loaded on first use (see ``models``)."""
 from datetime import date, datetime
 
 from sqlalchemy import Index, text
-from sqlmodel import Field
+from sqlmodel import Field, col
 
-from models import TableModel, ts
+from models import Event, TableModel, ts
 from models.types import UTCDateTime
+
+# The open events by due date (the worklist, the digest; migration 0012): the planned
+# rows only, so what it holds and what a window reads follow what is open, not the whole
+# history. It leads with status, like ix_event_status_due, so that SQLite prefers it
+# (without statistics it weighs the two by their columns), and ends with patient_id, so
+# that a count of open events joined to their patients reads it alone. Defined here, not
+# with Event: a partial index names the PostgreSQL dialect, which the read commands on
+# SQLite (they define no record table) do not load; ``models.metadata`` loads this module.
+_OPEN = text("status = 'planned'")
+Index("ix_event_planned_due", col(Event.status), col(Event.due), col(Event.patient_id),
+      sqlite_where=_OPEN, postgresql_where=_OPEN)
 
 
 class Voidable(TableModel):

@@ -49,13 +49,13 @@ from datetime import UTC, date, datetime, time, timedelta
 from time import monotonic
 from typing import Any
 
-from sqlalchemy import Engine, and_, exists, func, or_, update
+from sqlalchemy import Engine, and_, exists, func, literal_column, or_, union, update
 from sqlalchemy import select as select_columns  # plain rows, not ORM objects
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
-from models import Event, LabResult, MailServer, Outbox, PassMark, Patient
+from models import PLANNED, Event, LabResult, MailServer, Outbox, PassMark, Patient
 from scheduler.config import Settings
 from scheduler.db import chunked, insert_rows, transaction
 from scheduler.domain import Kind
@@ -683,9 +683,12 @@ def _digest(session: Session, clock: Clock, templates: Templates) -> int:
         ("overdue", col(Event.due) < today),
         ("upcoming", and_(col(Event.due) > today, col(Event.due) <= today + timedelta(days=DIGEST_UPCOMING_DAYS))),
     ):
-        base = (select(Event, Patient).join(Patient, col(Patient.id) == col(Event.patient_id))
-                .where(col(Event.status) == "planned", window, col(Patient.status) == "active"))
-        totals[name] = session.exec(select(func.count()).select_from(base.subquery())).one()
+        # The open events' index (ix_event_planned_due, whose WHERE the literal PLANNED says)
+        # holds status, due and patient_id: the count reads it alone, no event row.
+        where = (col(Event.status) == PLANNED, window, col(Patient.status) == "active")
+        totals[name] = session.exec(select(func.count()).select_from(Event)
+                                    .join(Patient, col(Patient.id) == col(Event.patient_id)).where(*where)).one()
+        base = select(Event, Patient).join(Patient, col(Patient.id) == col(Event.patient_id)).where(*where)
         rows = list(session.exec(base.order_by(col(Event.due), col(Patient.mrn), col(Event.id))
                                  .limit(DIGEST_SECTION_LIMIT)))
         ids = sorted({p.id for _, p in rows if p.id is not None})
@@ -737,24 +740,29 @@ def _to_telephone(session: Session, clock: Clock) -> tuple[list[dict[str, Any]],
     ``telephone_ahead_days``. One line per patient, oldest first."""
     clinic = clock.settings.clinic
     today = clock.today
-    late = col(Event.due) <= today - timedelta(days=clinic.telephone_overdue_days)
-    unreachable = and_(col(Event.due) >= today,
-                       col(Event.due) <= today + timedelta(days=clinic.telephone_ahead_days),
-                       or_(col(Patient.email).is_(None), col(Patient.opted_out).is_(True)))
-    planned = (col(Event.status) == "planned", col(Patient.status) == "active")
-    total = session.exec(
-        select(func.count(func.distinct(col(Event.patient_id))))
-        .select_from(Event).join(Patient, col(Patient.id) == col(Event.patient_id))
-        .where(*planned, or_(late, unreachable))
-    ).one()
+    # Each reason is the open events in a window (ix_event_planned_due), grouped by patient
+    # before the patients are read: grouped by patient.id, SQLite (with statistics) walked
+    # every patient and every event of each (15 s at 200,000 patients).
+    active = col(Patient.status) == "active"
+    late = (col(Event.due) <= today - timedelta(days=clinic.telephone_overdue_days),)
+    soon = (col(Event.due) >= today, col(Event.due) <= today + timedelta(days=clinic.telephone_ahead_days))
+    reasons = (("late", late, (active,)),
+               ("unreachable", soon, (active, or_(col(Patient.email).is_(None), col(Patient.opted_out).is_(True)))))
+    whom = union(*(select(col(Event.patient_id)).join(Patient, col(Patient.id) == col(Event.patient_id))
+                   .where(col(Event.status) == PLANNED, *window, *who) for _, window, who in reasons))
+    total = session.exec(select(func.count()).select_from(whom.subquery())).one()
     lines: dict[int, dict[str, Any]] = {}
-    for condition, why in ((late, "late"), (unreachable, "unreachable")):
+    for why, window, who in reasons:
+        per_patient = (
+            select(col(Event.patient_id).label("patient_id"), func.min(col(Event.due)).label("since"),
+                   func.count().label("events"))
+            .where(col(Event.status) == PLANNED, *window).group_by(col(Event.patient_id)).subquery()
+        )
         rows = session.exec(
-            select(Patient, func.min(col(Event.due)), func.count())
-            .join(Event, col(Event.patient_id) == col(Patient.id))
-            .where(*planned, condition)
-            .group_by(col(Patient.id))
-            .order_by(func.min(col(Event.due)), col(Patient.mrn))
+            select(Patient, per_patient.c.since, per_patient.c.events)
+            .join(per_patient, per_patient.c.patient_id == col(Patient.id))
+            .where(*who)
+            .order_by(per_patient.c.since, col(Patient.mrn))
             .limit(DIGEST_SECTION_LIMIT)
         )
         for patient, since, count in rows:
@@ -1206,13 +1214,20 @@ def purge_old_bodies(session: Session, settings: Settings, now: datetime) -> int
     """Clear the bodies of messages sent (or skipped, or failed and reported) more
     than ``outbox_keep_days`` ago. The rows stay: they are what makes a message
     once-only. Runs once a day, with the digest (whose unique key makes sure one
-    process does it), as it reads the old rows."""
-    done = or_(col(Outbox.status).in_(["sent", "skipped"]),
-               and_(col(Outbox.status) == "failed", col(Outbox.reported).is_(True)))
+    process does it).
+
+    Reads ``ix_outbox_created_at_body_kept``, the rows whose body is still kept: its
+    WHERE is said with the literal ``''`` (a partial index serves only a query that says
+    its term), and a cleared row leaves it, so the cost follows the bodies left to clear.
+    The status is tested on ``coalesce(status, '')`` (status is never null), which no
+    index holds: on the bare column SQLite read every finished row through the status
+    indexes (without statistics it rates an equality above any range)."""
+    status = func.coalesce(col(Outbox.status), "")
+    done = or_(status.in_(["sent", "skipped"]), and_(status == "failed", col(Outbox.reported).is_(True)))
     result = session.execute(
         update(Outbox)
-        .where(done, col(Outbox.created_at) < now - timedelta(days=settings.scheduler.outbox_keep_days),
-               col(Outbox.body_text) != "")
+        .where(col(Outbox.body_text) != literal_column("''"),
+               col(Outbox.created_at) < now - timedelta(days=settings.scheduler.outbox_keep_days), done)
         .values(body_text="", body_html="")
     )
     return int(getattr(result, "rowcount", 0) or 0)

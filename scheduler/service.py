@@ -21,7 +21,7 @@ from sqlalchemy import select as sa_select
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
-from models import Event, Patient, Regimen
+from models import PLANNED, Event, Patient, Regimen
 from models.types import utcnow
 from scheduler import domain, labs
 from scheduler.alerts import DEFAULT_POLICY, AlertPolicy, is_pernicious, renal_dysfunction
@@ -579,7 +579,7 @@ def _worklist_query(until: date, after: tuple[date, str, str, int, int] | None) 
                   col(Event.tests), col(Event.because), col(Patient.mrn), col(Patient.name))
         .select_from(Event)
         .join(Patient, col(Patient.id) == col(Event.patient_id))
-        .where(col(Event.status) == Status.PLANNED.value, col(Event.due) <= until, col(Patient.status) == "active")
+        .where(col(Event.status) == PLANNED, col(Event.due) <= until, col(Patient.status) == "active")
     )
     if after is not None:  # the page after this row; `due >= ?` keeps the index range
         query = query.where(col(Event.due) >= after[0], tuple_(
@@ -594,7 +594,9 @@ def worklist(session: Session, until: date, *, after: tuple[date, str, str, int,
     and ``name``, streamed from the cursor (no ORM object, no list of them all), so a
     million patients' worklist runs in the memory of one batch.
 
-    Reads through the (status, due) index: only rows that are due, never every patient.
+    Reads through ``ix_event_planned_due`` (the open events by due date; the query says
+    ``status = 'planned'`` with the literal, the index's WHERE): only rows that are due,
+    never every patient.
     ``after`` (a ``worklist_key``) and ``limit`` read one page of it.
     """
     query = _worklist_query(until, after).order_by(
