@@ -238,3 +238,29 @@ def test_marks_change_no_message_over_three_weeks_of_moves_voids_and_address_cha
     assert {"dose-reminder", "changed"} <= kinds, heard_a
     assert len(heard_a) == len(set(heard_a))  # nothing twice
 
+
+
+def test_the_triggers_on_a_new_sqlite_database_read_one_patients_events_not_everyones(tmp_path) -> None:
+    # A clinic that never ran ANALYZE: the planner has no statistics to choose with.
+    from scheduler import db
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'new.db'}")
+    try:
+        db.upgrade(engine)
+        with engine.connect() as conn:
+            bodies = conn.execute(text(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'event'")).all()
+            plans = {}
+            for name, sql in bodies:
+                for statement in sql.split("BEGIN", 1)[1].split(";"):
+                    if "UPDATE event" not in statement or "patient_id" not in statement:
+                        continue
+                    literal = (statement.replace("NEW.patient_id", "1").replace("OLD.patient_id", "1")
+                               .replace("OLD.kind", "'dose'").replace("OLD.phase", "'loading'"))
+                    plans[name] = " ".join(str(row[-1]) for row in
+                                           conn.exec_driver_sql("EXPLAIN QUERY PLAN " + literal.strip()))
+    finally:
+        engine.dispose()
+    assert set(plans) == {"event_told_cleared", "event_gone"}
+    for name, plan in plans.items():
+        assert "(patient_id=?)" in plan, (name, plan)
