@@ -401,21 +401,20 @@ class FileBatch:
             return
         folder = self._mailer.outbox_dir
         try:
-            for path in self._written:
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            fd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            for path in (*self._written, folder):  # the files' data, then the folder's entries
+                _fsync(path)
         except OSError as exc:
             log.warning("cannot sync %d messages in the outbox folder", len(self._written))
             raise ServerUnavailable(f"cannot sync the files in {folder}: {exc}") from exc
         self._written.clear()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def safe_file_name(message_id: str) -> str:

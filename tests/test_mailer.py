@@ -281,45 +281,7 @@ def test_both_mailers_fit_the_mailer_protocol(tmp_path: Path) -> None:
     assert all(callable(m.session) for m in mailers)
 
 
-# -- the message written out --------------------------------------------------
-
-CALENDAR = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nBEGIN:VEVENT\r\nSUMMARY:Injection\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
-WRITTEN = [
-    message(1),
-    Message(kind="dose-reminder", to="ann.lee+b12@example.org", subject="Short", text="One line",
-            html="<p>x</p>", message_id="<cobalt.1@example.org>", calendar=CALENDAR),
-    Message(kind="digest", to="clinic@example.org", subject="Rappel : votre rendez-vous à la clinique " * 3,
-            text="Crème brûlée\n" + "long line " * 30 + "\n\n.\nFrom here\ntrailing space \n",
-            html="<p>" + "é" * 200 + "</p>", message_id="<cobalt.2@example.org>"),
-    Message(kind="alert", to="Ann <ann@example.org>", subject="=?utf-8?q?looks_encoded?=  two  spaces",
-            text="a\r\nb\rc\n", html="", message_id="<odd id@example.org>"),
-    Message(kind="changed", to="ann@例え.jp", subject="x" * 90, text="", html="<p>y</p>",
-            message_id="<cobalt.3@example.org>", calendar="BEGIN:VCALENDAR\r\nX-NAME:Zoë\r\nEND:VCALENDAR\r\n"),
-]
-
-
-@pytest.mark.parametrize("linesep", ["\n", "\r\n"])
-@pytest.mark.parametrize("n", range(len(WRITTEN)))
-def test_a_message_written_out_reads_back_as_the_email_package_builds_it(n: int, linesep: str) -> None:
-    msg = WRITTEN[n]
-    written = build(msg, SENDER, sender_name="Riverside clinic", reply_to="clinic@example.org", linesep=linesep)
-    built = to_email(msg, SENDER, sender_name="Riverside clinic", reply_to="clinic@example.org")
-    assert all(len(line) <= 998 for line in written.split(linesep.encode()))
-    if linesep == "\r\n":
-        assert b"\n" not in written.replace(b"\r\n", b"")
-    read = email.message_from_bytes(written.replace(b"\r\n", b"\n"), policy=email.policy.default)
-    again = email.message_from_bytes(built.as_bytes(), policy=email.policy.default)
-    assert isinstance(read, EmailMessage) and isinstance(again, EmailMessage)
-    for name in ("From", "Reply-To", "To", "Subject", "Message-ID", "Auto-Submitted", "X-Cobalt-Kind",
-                 "MIME-Version"):
-        assert str(read[name]) == str(again[name]), name
-    assert not read.defects and email.utils.parsedate_to_datetime(str(read["Date"]))
-
-    def shape(mail: EmailMessage) -> list[tuple[str, str | None, str]]:
-        return [(p.get_content_type(), p.get_filename(), "" if p.is_multipart() else p.get_content())
-                for p in mail.walk()]
-
-    assert shape(read) == shape(again)
+# -- the message built --------------------------------------------------------
 
 
 def test_a_header_the_email_package_would_refuse_is_refused() -> None:
