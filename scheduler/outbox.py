@@ -640,7 +640,7 @@ def _overdue_notices(session: Session, clock: Clock, templates: Templates) -> in
                col(Event.seq), col(Event.due), col(Event.because), col(Event.tests), col(Event.key),
                col(Event.patient_id), col(Patient.id), col(Patient.mrn), col(Patient.name), col(Patient.neuro))
         .join(Patient, col(Patient.id) == col(Event.patient_id))
-        .where(col(Event.status) == "planned", col(Event.due) >= earliest, col(Event.due) <= latest,
+        .where(col(Event.status) == PLANNED, col(Event.due) >= earliest, col(Event.due) <= latest,
                col(Patient.status) == "active", _not_queued(OVERDUE, recipient))
     )
     clinic = _clinic(clock.settings)

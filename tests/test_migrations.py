@@ -11,6 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect
 
+import models
 from models import metadata
 from scheduler import db
 
@@ -70,7 +71,8 @@ def test_autogenerate_finds_no_difference_between_the_models_and_the_migrations(
         assert db.current_revision(engine) == db.head_revision()
         with engine.connect() as conn:
             context = MigrationContext.configure(
-                conn, opts={"compare_type": True, "compare_server_default": True},
+                conn, opts={"compare_type": True, "compare_server_default": True,
+                      "include_object": models.compared},
             )
             differences = compare_metadata(context, metadata)
     finally:

@@ -18,6 +18,7 @@ def run_migrations_online() -> None:
             connection=connection,
             target_metadata=target_metadata,
             compare_type=True,
+            include_object=models.compared,
             render_as_batch=connection.dialect.name == "sqlite",
         )
         with context.begin_transaction():
