@@ -23,7 +23,8 @@ class Outbox(TableModel, table=True):
 
     __table_args__ = (
         UniqueConstraint("dedupe_key"),
-        Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+        # A sender's claim: the queued rows in the order it sends them (migration 0015).
+        Index("ix_outbox_status_next_attempt_at_id", "status", "next_attempt_at", "id"),
         Index("ix_outbox_event_id_kind", "event_id", "kind"),
         Index("ix_outbox_kind_event_due_event_id", "kind", "event_due", "event_id"),  # what patients were told
         Index("ix_outbox_status_reported", "status", "reported"),  # the digest's failed and not sent

@@ -640,7 +640,7 @@ def _overdue_notices(session: Session, clock: Clock, templates: Templates) -> in
                col(Event.seq), col(Event.due), col(Event.because), col(Event.tests), col(Event.key),
                col(Event.patient_id), col(Patient.id), col(Patient.mrn), col(Patient.name), col(Patient.neuro))
         .join(Patient, col(Patient.id) == col(Event.patient_id))
-        .where(col(Event.status) == PLANNED, col(Event.due) >= earliest, col(Event.due) <= latest,
+        .where(col(Event.status) == "planned", col(Event.due) >= earliest, col(Event.due) <= latest,
                col(Patient.status) == "active", _not_queued(OVERDUE, recipient))
     )
     clinic = _clinic(clock.settings)
@@ -925,12 +925,24 @@ def _claim(engine: Engine, settings: Settings, now: datetime, token: str, lease_
     until ``lease_until``, which the sender renews while it works."""
     ready = _ready(now)
     with transaction(engine) as session:
-        # Oldest first, but by ``id + 0``: ordered by the bare id, a planner with statistics of a
-        # large outbox walks the whole table in id order instead of the two status indexes.
-        pick = select(Outbox.id).where(ready).order_by(col(Outbox.id) + 0).limit(settings.scheduler.batch_size)
-        if engine.dialect.name == "postgresql":
-            pick = pick.with_for_update(skip_locked=True)
-        ids = [row for row in session.exec(pick)]
+        # Each status on its own, oldest first, so that a claim reads about a batch of rows
+        # however many are queued (one statement for both, sorted by id, read and sorted
+        # every row ready: 190 ms a batch with 133,000 queued). Run-out leases first (a dead
+        # sender's rows, a few), then the queued rows in the order of
+        # ``ix_outbox_status_next_attempt_at_id``: an order the primary key cannot give, so
+        # no planner walks it from the first message ever sent.
+        ids: list[int] = []
+        for ready_of_status, order in (
+                (and_(col(Outbox.status) == "sending", col(Outbox.claimed_until) < now), (col(Outbox.id),)),
+                (and_(col(Outbox.status) == "queued", col(Outbox.next_attempt_at) <= now),
+                 (col(Outbox.next_attempt_at), col(Outbox.id)))):
+            pick = (select(Outbox.id).where(ready_of_status).order_by(*order)
+                    .limit(settings.scheduler.batch_size - len(ids)))
+            if engine.dialect.name == "postgresql":
+                pick = pick.with_for_update(skip_locked=True)
+            ids += [i for i in session.exec(pick) if i is not None]
+            if len(ids) == settings.scheduler.batch_size:
+                break
         if not ids:
             return []
         session.execute(
@@ -1090,7 +1102,7 @@ def _sender(engine: Engine, settings: Settings, now: datetime, mailer: Mailer, s
     token = uuid.uuid4().hex[:16]
     answered = False
     batches = 0
-    repeatable = getattr(mailer, "repeatable", False)  # not said: a repeat may arrive twice
+    repeatable = mailer.repeatable
     lease = _Lease(engine, settings, now, token)
     with lease:
         while (max_batches is None or batches < max_batches) and not stop.is_set():

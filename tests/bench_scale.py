@@ -85,7 +85,7 @@ DEFAULT_NOW = "2026-11-24T09:00:00+00:00"  # a Tuesday, after send_time: every k
 ROLL_FORWARD_LATER_DAYS = 30  # (d) runs this much later, so every plan really gains a month
 NO_CAP = 10**9  # (d): replan_per_pass raised so that one call rolls every plan forward
 ROLLFORWARD_PLANS = 0  # (d): stop after this many plans in all (--rollforward-plans; 0: every plan)
-EVENT_INDEXES = ("ix_event_planned_due", "ix_event_status_due", "ix_event_status_kind_due")
+EVENT_INDEXES = ("ix_event_planned_due", "ix_event_open_due", "ix_event_status_due", "ix_event_status_kind_due")
 
 # Lab values a treated patient plausibly has (no alert is raised by them).
 BASELINE = {"b12": "120", "hb": "10.5", "wbc": "6.0", "platelets": "240", "mcv": "108",
@@ -542,11 +542,13 @@ def step_rollforward(engine: Engine, settings: Settings, now: datetime, meter: M
 
 
 ROLL_FORWARD_PICK = "roll-forward: patients whose plan runs short"
-CLAIM = "deliver: claim ready outbox rows"
+CLAIM = "deliver: claim queued outbox rows"
+CLAIM_LEASES = "deliver: claim outbox rows whose lease ran out"
 PURGE = "purge: sent bodies older than outbox_keep_days"
 # The index each explained statement should read through (any of them); event queries: EVENT_INDEXES.
 EXPLAINED_INDEX = {ROLL_FORWARD_PICK: ("ix_patient_planned_through",),
-                   CLAIM: ("ix_outbox_status_next_attempt_at",), PURGE: ("ix_outbox_created_at_body_kept",)}
+                   CLAIM: ("ix_outbox_status_next_attempt_at_id",),
+                   CLAIM_LEASES: ("ix_outbox_status_next_attempt_at_id",), PURGE: ("ix_outbox_created_at_body_kept",)}
 EXPLAINED = ("worklist", "roll-forward", "alert check", "queue", "digest", "deliver", "purge")
 
 
@@ -570,8 +572,8 @@ def label(statement: str) -> str:
             if "patient.email IS NOT NULL" in s:
                 return "queue: lab-reminder candidates"
             return "queue: overdue candidates"
-        if s.startswith("SELECT outbox.id FROM outbox WHERE") and "claimed_until <" in s:
-            return CLAIM
+        if s.startswith("SELECT outbox.id FROM outbox WHERE") and "outbox.status = " in s:
+            return CLAIM_LEASES if "claimed_until <" in s else CLAIM
     if s.startswith("UPDATE outbox SET body_text"):
         return PURGE
     match = re.match(r"(SELECT|INSERT INTO|UPDATE|DELETE FROM)\b.*?(?:\bFROM\b\s+)?\"?(\w+)", s)

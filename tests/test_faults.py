@@ -114,6 +114,8 @@ def test_a_message_that_raises_anything_at_all_fails_alone_with_its_reason(
     settings = load_settings()
 
     class Sender:
+        repeatable = False
+
         def __init__(self) -> None:
             from scheduler.outbox import make_mailer
 
