@@ -356,7 +356,14 @@ def import_file(engine: Engine, ctx: Context, kind: str, path: Path, *, dry_run:
                 _run(session, ctx, kind, path, rows, problems, report, reporter, dry_run)
         except _DryRun:
             pass  # rolled back: nothing written
+    if not dry_run and max(report.added, report.patients) >= db.BULK_ROWS:
+        db.refresh_statistics(engine, WRITTEN[kind])
     return report
+
+
+# The tables an import of each kind writes (their statistics are refreshed after a bulk one).
+WRITTEN = {"patients": ("patient", "regimen", "event"), "doses": ("dose", "event"),
+           "labs": ("lab_result", "event", "alert")}
 
 
 class _DryRun(Exception):

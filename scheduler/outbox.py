@@ -57,7 +57,7 @@ from sqlmodel import Session, col, select
 
 from models import PLANNED, Event, LabResult, MailServer, Outbox, PassMark, Patient
 from scheduler.config import Settings
-from scheduler.db import chunked, insert_rows, transaction
+from scheduler.db import BULK_ROWS, chunked, insert_rows, refresh_statistics, transaction
 from scheduler.domain import Kind
 from scheduler.export_ics import reminder_calendars
 from scheduler.mailer import (
@@ -840,6 +840,8 @@ def queue_due_messages(engine: Engine, settings: Settings, now: datetime,
         except Exception as exc:
             log.error("queueing failed (%s); the other kinds go on", type(exc).__name__)
             failure = failure or exc
+    if total >= BULK_ROWS:  # the senders' claims are planned for the queue as it now is
+        refresh_statistics(engine, ["outbox"])
     if failure is not None:
         raise failure
     return total
