@@ -922,23 +922,28 @@ def _ready(now: datetime) -> Any:
     )
 
 
-def _claim(engine: Engine, settings: Settings, now: datetime, token: str, lease_until: datetime) -> list[Outbox]:
+def _claim(engine: Engine, settings: Settings, now: datetime, token: str, lease_until: datetime, *,
+           take_over: bool = True) -> list[Outbox]:
     """Claim up to a batch of sendable rows with one conditional UPDATE: a lease
-    until ``lease_until``, which the sender renews while it works."""
+    until ``lease_until``, which the sender renews while it works. ``take_over``: the
+    rows whose lease ran out first (a sender looks for them once a lease, not every
+    batch: after a heavy morning PostgreSQL reads the dead index entries of every row
+    that passed through "sending" to find none)."""
     ready = _ready(now)
     with transaction(engine) as session:
-        # Each status on its own, oldest first, so that a claim reads about a batch of rows
-        # however many are queued (one statement for both, sorted by id, read and sorted
-        # every row ready: 190 ms a batch with 133,000 queued). Run-out leases first (a dead
-        # sender's rows, a few), then the queued rows in the order of
-        # ``ix_outbox_status_next_attempt_at_id``: an order the primary key cannot give, so
-        # no planner walks it from the first message ever sent.
+        # Each status on its own, in the order of ``ix_outbox_status_next_attempt_at_id``
+        # (oldest due first), so a claim of queued rows reads about a batch of that index
+        # however many are queued: one statement for both statuses, sorted by id, read and
+        # sorted every row ready (190 ms a batch with 133,000 queued at a million
+        # patients). An order the primary key cannot give, so no planner walks it from the
+        # first message ever sent. Run-out leases first: a dead sender's rows, a few.
         ids: list[int] = []
-        for ready_of_status, order in (
-                (and_(col(Outbox.status) == "sending", col(Outbox.claimed_until) < now), (col(Outbox.id),)),
-                (and_(col(Outbox.status) == "queued", col(Outbox.next_attempt_at) <= now),
-                 (col(Outbox.next_attempt_at), col(Outbox.id)))):
-            pick = (select(Outbox.id).where(ready_of_status).order_by(*order)
+        arms = [and_(col(Outbox.status) == "queued", col(Outbox.next_attempt_at) <= now)]
+        if take_over:
+            arms.insert(0, and_(col(Outbox.status) == "sending", col(Outbox.claimed_until) < now))
+        for ready_of_status in arms:
+            pick = (select(Outbox.id).where(ready_of_status)
+                    .order_by(col(Outbox.next_attempt_at), col(Outbox.id))
                     .limit(settings.scheduler.batch_size - len(ids)))
             if engine.dialect.name == "postgresql":
                 pick = pick.with_for_update(skip_locked=True)
@@ -952,8 +957,9 @@ def _claim(engine: Engine, settings: Settings, now: datetime, token: str, lease_
             .where(col(Outbox.id).in_(ids), ready)
             .values(status="sending", claimed_by=token, claimed_until=lease_until)
         )
+        # By id: the claimed rows, not every row in "sending" (nor its index's dead entries).
         return list(session.exec(
-            select(Outbox).where(Outbox.claimed_by == token, Outbox.status == "sending")
+            select(Outbox).where(col(Outbox.id).in_(ids), Outbox.claimed_by == token, Outbox.status == "sending")
             .order_by(col(Outbox.id))
         ))
 
@@ -1107,9 +1113,13 @@ def _sender(engine: Engine, settings: Settings, now: datetime, mailer: Mailer, s
     repeatable = mailer.repeatable
     lease = _Lease(engine, settings, now, token)
     with lease:
+        take_over_at = monotonic()  # when to look for run-out leases again
         while (max_batches is None or batches < max_batches) and not stop.is_set():
             batches += 1
-            rows = _claim(engine, settings, now, token, lease.until())
+            take_over = monotonic() >= take_over_at
+            if take_over:
+                take_over_at = monotonic() + settings.scheduler.claim_seconds
+            rows = _claim(engine, settings, now, token, lease.until(), take_over=take_over)
             if not rows:
                 break
             with transaction(engine) as session:

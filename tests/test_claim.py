@@ -106,8 +106,15 @@ def test_a_claim_reads_the_queued_rows_in_order_through_their_index_and_sorts_no
     engine, _ = outbox
     plans = _claim_plans(engine, tmp_path)
     assert len(plans) == 2  # the run-out leases, then the queued rows
-    assert "ix_outbox_status_next_attempt_at_id" in plans[1], plans
-    # Thousands queued: read in id order up to the batch, never all of them sorted (a
-    # few dozen leases may be sorted: PostgreSQL's choice for so few rows).
+    assert all("ix_outbox_status_next_attempt_at_id" in plan for plan in plans), plans
+    # Thousands queued: read in the index's order up to the batch, never all of them
+    # sorted (a few dozen run-out leases may be: PostgreSQL's choice for so few rows).
     queued = plans[1]
     assert "TEMP B-TREE" not in queued and not re.search(r"^\s*(->\s*)?Sort\b", queued, re.M), queued
+
+
+def test_a_claim_that_does_not_take_over_leaves_the_run_out_leases_alone(
+        outbox: tuple[Engine, dict[str, list[int]]], tmp_path: Path) -> None:
+    engine, kinds = outbox
+    claimed = _claim(engine, _settings(tmp_path), NOW, "one", NOW + timedelta(seconds=20), take_over=False)
+    assert [r.id for r in claimed] == kinds["ready"][:BATCH]
