@@ -9,6 +9,7 @@ half-way. PostgreSQL is the scale-out: URLs ``postgresql://`` and
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Table, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 from sqlmodel import Session
 
 import models  # noqa: F401  (the plan's tables; the others are defined on first use)
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Dialect
 
 T = TypeVar("T")
+log = logging.getLogger("cobalt.db")
 
 # The migrations ship inside the package (scheduler/migrations; the checkout's
 # top-level `alembic` is a link to it), so an installed wheel finds them too.
@@ -141,8 +143,11 @@ def refresh_statistics(engine: Engine, tables: Sequence[str]) -> None:
     database without statistics (docs/decisions.md)."""
     if engine.dialect.name != "postgresql" or not tables:
         return
-    with engine.begin() as conn:
-        conn.exec_driver_sql("ANALYZE " + ", ".join(tables))
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE " + ", ".join(tables))
+    except SQLAlchemyError as exc:  # the write is committed; autovacuum will analyse later
+        log.warning("ANALYZE after a bulk write failed (%s); autovacuum will do it", type(exc).__name__)
 
 
 WRITE_CACHE_KIB = 64 * 1024  # SQLite's page cache while a big batch is written (default 2 MiB)

@@ -165,7 +165,7 @@ class Mailer(Protocol):
     """Opens a session in which a batch of messages is sent. ``repeatable``: sending a
     message again replaces what the first send left (a file of its own), so it never
     reaches anyone twice; a session's sends are safe only once it has closed. A mailer
-    that is not is recorded message by message."""
+    that is not repeatable has each outcome recorded before its next send."""
 
     repeatable: bool
 

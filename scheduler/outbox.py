@@ -926,9 +926,10 @@ def _claim(engine: Engine, settings: Settings, now: datetime, token: str, lease_
            take_over: bool = True) -> list[Outbox]:
     """Claim up to a batch of sendable rows with one conditional UPDATE: a lease
     until ``lease_until``, which the sender renews while it works. ``take_over``: the
-    rows whose lease ran out first (a sender looks for them once a lease, not every
-    batch: after a heavy morning PostgreSQL reads the dead index entries of every row
-    that passed through "sending" to find none)."""
+    rows whose lease had run out by the pass's ``now`` first. A sender looks for them
+    on its first claim, once every ``claim_seconds`` after, and whenever nothing queued
+    is left, not on every batch: after a heavy morning PostgreSQL reads the dead index
+    entries of every row that passed through "sending" to find none."""
     ready = _ready(now)
     with transaction(engine) as session:
         # Each status on its own, in the order of ``ix_outbox_status_next_attempt_at_id``
@@ -1116,10 +1117,12 @@ def _sender(engine: Engine, settings: Settings, now: datetime, mailer: Mailer, s
         take_over_at = monotonic()  # when to look for run-out leases again
         while (max_batches is None or batches < max_batches) and not stop.is_set():
             batches += 1
-            take_over = monotonic() >= take_over_at
-            if take_over:
+            rows = []
+            if monotonic() < take_over_at:
+                rows = _claim(engine, settings, now, token, lease.until(), take_over=False)
+            if not rows:  # time to look for run-out leases again, or nothing queued is left
                 take_over_at = monotonic() + settings.scheduler.claim_seconds
-            rows = _claim(engine, settings, now, token, lease.until(), take_over=take_over)
+                rows = _claim(engine, settings, now, token, lease.until(), take_over=True)
             if not rows:
                 break
             with transaction(engine) as session:

@@ -16,8 +16,8 @@ from sqlalchemy import Engine, event, insert, text
 
 from models import Outbox
 from scheduler import db
-from scheduler.config import ClinicSettings, SchedulerSettings, Settings
-from scheduler.outbox import _claim
+from scheduler.config import ClinicSettings, SchedulerSettings, Settings, SmtpSettings
+from scheduler.outbox import _claim, deliver
 
 NOW = datetime(2027, 1, 4, 9, tzinfo=UTC)
 BATCH = 50
@@ -34,7 +34,8 @@ def _row(n: int, status: str, **values: Any) -> dict[str, Any]:
 def outbox(database_url: str) -> Iterator[tuple[Engine, dict[str, list[int]]]]:
     """10,000 messages sent long ago; then, interleaved by id, 2,000 queued and ready,
     300 queued for a retry later, 20 sending under a lease that has run out and 20
-    sending under a live lease."""
+    sending under a live lease; last, one queued row due before all the others.
+    ``kinds["ready"]`` is in the order they are due."""
     engine = db.make_engine(database_url)
     rows = [_row(n, "sent") for n in range(10_000)]
     kinds: dict[str, list[int]] = {"ready": [], "later": [], "expired": [], "live": []}
@@ -50,6 +51,9 @@ def outbox(database_url: str) -> Iterator[tuple[Engine, dict[str, list[int]]]]:
             kind, row = "ready", _row(n, "queued")
         kinds[kind].append(n + 1)  # ids from 1, in insert order
         rows.append(row)
+    # Queued last, due before every other: a retry whose back-off ended first goes first.
+    rows.append(_row(12_340, "queued", next_attempt_at=NOW - timedelta(hours=2)))
+    kinds["ready"].insert(0, 12_341)
     with engine.begin() as conn:
         conn.execute(insert(Outbox.__table__), rows)  # type: ignore[attr-defined]
         conn.execute(text("ANALYZE"))
@@ -67,10 +71,11 @@ def test_a_claim_takes_the_run_out_leases_then_the_oldest_ready_rows_a_batch_at_
     engine, kinds = outbox
     first = [r.id for r in _claim(engine, _settings(tmp_path), NOW, "one", NOW + timedelta(seconds=20))]
     assert first == sorted(kinds["expired"] + kinds["ready"][:BATCH - 20])
+    assert 12_341 in first  # due first, though queued last
     second = [r.id for r in _claim(engine, _settings(tmp_path), NOW, "two", NOW + timedelta(seconds=20))]
     assert second == kinds["ready"][BATCH - 20:2 * BATCH - 20]
     taken: list[int] = first + second
-    for n in range(100):  # a token a claim: _claim returns every row its token holds
+    for n in range(100):  # a token of its own for each claim, as each sender has
         claimed = _claim(engine, _settings(tmp_path), NOW, f"rest{n}", NOW + timedelta(seconds=20))
         if not claimed:
             break
@@ -117,4 +122,23 @@ def test_a_claim_that_does_not_take_over_leaves_the_run_out_leases_alone(
         outbox: tuple[Engine, dict[str, list[int]]], tmp_path: Path) -> None:
     engine, kinds = outbox
     claimed = _claim(engine, _settings(tmp_path), NOW, "one", NOW + timedelta(seconds=20), take_over=False)
-    assert [r.id for r in claimed] == kinds["ready"][:BATCH]
+    assert [r.id for r in claimed] == sorted(kinds["ready"][:BATCH])
+
+
+def test_a_sender_takes_over_every_run_out_lease_even_beyond_a_batch_with_nothing_queued(
+        database_url: str, tmp_path: Path) -> None:
+    engine = db.make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(Outbox.__table__), [  # type: ignore[attr-defined]
+                _row(n, "sending", claimed_until=NOW - timedelta(seconds=1), claimed_by="dead")
+                for n in range(3 * BATCH + 7)])
+        settings = Settings(database_url="sqlite://", base_dir=tmp_path, clinic=ClinicSettings(timezone="UTC"),
+                            scheduler=SchedulerSettings(batch_size=BATCH), smtp=SmtpSettings(outbox_dir="outbox"))
+        report = deliver(engine, settings, NOW)
+        assert report.sent == 3 * BATCH + 7
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT DISTINCT status FROM outbox")).scalars().all() == ["sent"]
+        assert len(list((tmp_path / "outbox").glob("*.eml"))) == 3 * BATCH + 7
+    finally:
+        engine.dispose()

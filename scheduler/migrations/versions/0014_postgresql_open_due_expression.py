@@ -37,4 +37,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == 'postgresql':
-        op.execute('DROP INDEX ix_event_open_due')
+        op.execute('DROP INDEX IF EXISTS ix_event_open_due')
