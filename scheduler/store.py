@@ -208,13 +208,6 @@ def event_values(planned: domain.PlannedEvent) -> dict[str, Any]:
 EVENT_FIELDS = ("kind", "phase", "seq", "label", "due", "status", "done_on", "tests", "because")
 
 
-def event_row(planned: domain.PlannedEvent) -> tuple[Any, ...]:
-    """``event_values`` as a tuple, in the order of ``EVENT_FIELDS``."""
-    # ``_value_``: the member's value without the ``value`` property's cost (a row a call)
-    return (planned.kind._value_, planned.phase._value_, planned.seq, planned.label, planned.due,
-            planned.status._value_, planned.done_on, " ".join(planned.tests), planned.because[:400])
-
-
 def event_json(event: Event | Any) -> dict[str, Any]:
     """An event (or a row of its columns, as the worklist streams them) as ``--json`` shows it."""
     return {
@@ -338,7 +331,7 @@ class PlanWriter:
         converted: tuple[Any, ...] = self._convert((
             planned.key, now, now, planned.kind._value_, planned.phase._value_, planned.seq, planned.label,
             planned.due, planned.status._value_, planned.done_on, " ".join(planned.tests),
-            planned.because[:400]))  # event_row, inline
+            planned.because[:400]))  # event_values, in EVENT_INSERT's order; ``_value_``: no property call
         return converted
 
     def plan(self, record: PatientRecord, made: Replanned, live: dict[int, list[Any]]) -> None:
