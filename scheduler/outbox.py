@@ -598,7 +598,15 @@ def _latest_platelets(session: Session, patient_ids: Sequence[int]) -> dict[int,
     return {pid: v[2] for pid, v in latest.items()}
 
 
-def _event_item(event: Event, patient: Patient, platelets: dict[int, float],
+# What ``_event_item`` reads of an event and of its patient, as one plain row (no ORM
+# object a row): ``id`` is the patient's, ``event_id`` the event's.
+_ITEM_COLUMNS: tuple[Any, ...] = (
+    col(Event.id).label("event_id"), col(Event.kind), col(Event.phase), col(Event.label), col(Event.seq),
+    col(Event.due), col(Event.because), col(Event.tests), col(Event.key), col(Event.patient_id),
+    col(Patient.id), col(Patient.mrn), col(Patient.name), col(Patient.neuro))
+
+
+def _event_item(event: Event | Any, patient: Patient | Any, platelets: dict[int, float],
                 drugs: dict[tuple[int, int], tuple[str, str]] | None = None) -> dict[str, Any]:
     drug, amount = drug_of(event, drugs or {})
     return {
@@ -633,12 +641,8 @@ def _overdue_notices(session: Session, clock: Clock, templates: Templates) -> in
     earliest = today - timedelta(days=clock.settings.scheduler.overdue_catch_up_days)
     recipient = clock.settings.clinic.email
     claimed = claim(session, OVERDUE_MARK, EVENT_KINDS, col(Event.due) >= earliest, col(Event.due) <= latest)
-    # One plain row carries what ``_event_item`` reads of the event and of the patient
-    # (``id`` is the patient's; ``event_id`` the event's).
     query: Any = (
-        select_columns(col(Event.id).label("event_id"), col(Event.kind), col(Event.phase), col(Event.label),
-               col(Event.seq), col(Event.due), col(Event.because), col(Event.tests), col(Event.key),
-               col(Event.patient_id), col(Patient.id), col(Patient.mrn), col(Patient.name), col(Patient.neuro))
+        select_columns(*_ITEM_COLUMNS)
         .join(Patient, col(Patient.id) == col(Event.patient_id))
         .where(col(Event.status) == "planned", col(Event.due) >= earliest, col(Event.due) <= latest,
                col(Patient.status) == "active", _not_queued(OVERDUE, recipient))
@@ -688,13 +692,13 @@ def _digest(session: Session, clock: Clock, templates: Templates) -> int:
         where = (col(Event.status) == PLANNED, window, col(Patient.status) == "active")
         totals[name] = session.exec(select(func.count()).select_from(Event)
                                     .join(Patient, col(Patient.id) == col(Event.patient_id)).where(*where)).one()
-        base = select(Event, Patient).join(Patient, col(Patient.id) == col(Event.patient_id)).where(*where)
-        rows = list(session.exec(base.order_by(col(Event.due), col(Patient.mrn), col(Event.id))
-                                 .limit(DIGEST_SECTION_LIMIT)))
-        ids = sorted({p.id for _, p in rows if p.id is not None})
+        rows = session.connection().execute(
+            select_columns(*_ITEM_COLUMNS).join(Patient, col(Patient.id) == col(Event.patient_id)).where(*where)
+            .order_by(col(Event.due), col(Patient.mrn), col(Event.id)).limit(DIGEST_SECTION_LIMIT)).all()
+        ids = sorted({row.id for row in rows})
         platelets = _latest_platelets(session, ids)
         drugs = regimen_drugs(session, ids)
-        items = [_event_item(e, p, platelets, drugs) for e, p in rows]
+        items = [_event_item(row, row, platelets, drugs) for row in rows]
         for item in items:
             item["overdue"] = item["due"] < today
         # A patient's overdue events of one kind are one line: "3 maintenance doses overdue since ..."

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from scheduler import messages
 from scheduler.messages import (
     DEFAULT_TEMPLATES_DIR,
     KINDS,
@@ -619,3 +620,39 @@ def test_every_kind_fails_on_a_missing_clinic_address_key(templates: Templates) 
         context = full_context(kind) | {"clinic": {k: v for k, v in CLINIC.items() if k != "hours"}}
         with pytest.raises(TemplateError, match="hours"):
             render(templates, kind, context)
+
+
+# -- compiled templates kept across passes ------------------------------------
+
+
+def _alert_templates(folder: Path, subject: str) -> None:
+    (folder / "alert").mkdir(exist_ok=True)
+    (folder / "alert" / "subject.txt").write_text(subject)
+    (folder / "alert" / "body.txt").write_text("{{ alert }}\n")
+    (folder / "alert" / "body.html").write_text("<p>{{ alert }}</p>\n")
+
+
+def _subject(folder: Path) -> str:
+    return Templates(folder).render("alert", {"alert": "A"}, to="c@example.org", message_id="<x@example.org>").subject
+
+
+def test_a_template_edited_between_passes_is_compiled_afresh_though_compiled_ones_are_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setattr(messages, "_bytecode_cache", lambda: messages._BytecodeCache(str(cache)))
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    _alert_templates(folder, "First {{ alert }}")
+    assert _subject(folder) == "First A"
+    kept = sorted(cache.iterdir())
+    assert len(kept) == 3  # subject, text and HTML compiled once, for the next pass
+    assert _subject(folder) == "First A"
+    _alert_templates(folder, "Second {{ alert }}")
+    assert _subject(folder) == "Second A"
+
+
+def test_a_cache_that_cannot_be_written_only_costs_a_compile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(messages, "_bytecode_cache", lambda: messages._BytecodeCache(str(tmp_path / "no such folder")))
+    _alert_templates(tmp_path, "Still {{ alert }}")
+    assert _subject(tmp_path) == "Still A"
