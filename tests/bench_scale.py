@@ -702,6 +702,10 @@ def run_step(name: str, url: str, workdir: Path, now: datetime, trace: bool,
         engine.dispose()
 
 
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
 def in_child(step: str, url: str, workdir: Path, now: datetime, trace: bool,
              extra: list[str] | None = None, code: Path | None = None) -> dict[str, Any]:
     """Run ``step`` in a child process (``code``: with that source tree's ``scheduler``)."""
@@ -722,6 +726,11 @@ def in_child(step: str, url: str, workdir: Path, now: datetime, trace: bool,
 QUICK_N = 20_000
 IMPORT_PATIENTS = 10_000  # patients in the CSV given to `cobalt import patients`
 EMPTY_PASSES = 15  # empty passes run in a row; the median is reported (a few ms each: 5 were too few on a busy machine)
+# After both first passes, the empty pass is measured again in rounds that take turns, N then
+# 10N, each a fresh process: a drift of the machine (1-2 ms of a 10 ms pass) then falls on
+# both sizes alike instead of on whichever ran second. The first passes of a process warm it.
+EMPTY_ROUNDS = 4
+EMPTY_WARM_UP = 3
 
 
 def write_import_csv(path: Path, patients: int, today: date, seed: int) -> None:
@@ -930,18 +939,15 @@ def only_queue(args: argparse.Namespace, now: datetime) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    def median(values: list[float]) -> float:
-        return sorted(values)[len(values) // 2]
-
     print(f"\nqueue_due_messages, the first pass at {now.isoformat()}, SQLite, "
           f"{results['rows']['patient']:,} patients ({machine()}); median of {args.rounds} runs each")
     print(f"{'code':<32} {'queued':>7} {'wall s':>7} {'msgs/s':>7} {'CPU s':>6} {'msgs/CPU s':>10}  "
           "per kind: wall s (messages)")
     hashes = set()
     for title, runs in results["runs"].items():
-        wall, cpu = median([r["queue_seconds"] for r in runs]), median([r["queue_cpu_seconds"] for r in runs])
+        wall, cpu = _median([r["queue_seconds"] for r in runs]), _median([r["queue_cpu_seconds"] for r in runs])
         queued = runs[0]["queued"]
-        kinds = {k: median([r["queue_steps"][k][0] for r in runs if k in r["queue_steps"]])
+        kinds = {k: _median([r["queue_steps"][k][0] for r in runs if k in r["queue_steps"]])
                  for k in runs[0]["queue_steps"]}
         per_kind = ", ".join(f"{k} {t:.2f} ({runs[0]['queue_steps'][k][1]})" for k, t in kinds.items())
         results["runs"][title] = {"runs": runs, "queue_seconds": wall, "queue_cpu_seconds": cpu,
@@ -1127,6 +1133,28 @@ def step_quick_pass(engine: Engine, settings: Settings, now: datetime, meter: Me
 STEPS["quickpass"] = step_quick_pass
 
 
+def step_empty_passes(engine: Engine, settings: Settings, now: datetime, meter: Meter) -> dict[str, Any]:
+    """One of --quick's rounds: EMPTY_WARM_UP + EMPTY_PASSES passes with nothing to do, in
+    this fresh process; the warm-up ones are not counted."""
+    from scheduler.passes import run_pass
+
+    walls: list[float] = []
+    cpus: list[float] = []
+    busy = []
+    for n in range(EMPTY_WARM_UP + EMPTY_PASSES):
+        started, cpu = time.perf_counter(), time.process_time()
+        report = run_pass(engine, settings, now)
+        if n >= EMPTY_WARM_UP:
+            walls.append((time.perf_counter() - started) * 1000)
+            cpus.append((time.process_time() - cpu) * 1000)
+        if report.replanned or report.queued or report.sent or report.skipped or report.failed:
+            busy.append(str(report))
+    return meter.result(empty_pass_all_ms=walls, empty_pass_cpu_all_ms=cpus, empty_pass_did=busy)
+
+
+STEPS["emptypasses"] = step_empty_passes
+
+
 def quick(args: argparse.Namespace, now: datetime) -> int:
     """--quick: SQLite at N and 10N (one template set, replicated twice), the import and the raw
     insert, the first pass's queueing and SMTP delivery at N, the empty pass at N and 10N."""
@@ -1170,10 +1198,24 @@ def quick(args: argparse.Namespace, now: datetime) -> int:
                 r = results[key]
                 log(f"  pass: queued {r['queued']:,}, sent {r['sent']:,}; empty pass "
                     f"{r['empty_pass_ms']:.0f} ms (runs: {', '.join(f'{t:.0f}' for t in r['empty_pass_all_ms'])})")
-                path.unlink()
             results["smtp_received"] = len(sink.kept)
         finally:
             sink.stop()
+        pooled: dict[str, dict[str, list[float]]] = {key: {"wall": [], "cpu": []} for key in ("at_n", "at_10n")}
+        for round_ in range(EMPTY_ROUNDS):
+            for key in pooled:
+                r = in_child("emptypasses", f"sqlite:///{workdir / f'{key}.db'}", workdir, now, False)
+                if r["empty_pass_did"]:
+                    raise SystemExit(f"an empty pass had work to do: {r['empty_pass_did'][0]}")
+                pooled[key]["wall"] += r["empty_pass_all_ms"]
+                pooled[key]["cpu"] += r["empty_pass_cpu_all_ms"]
+            log(f"  empty passes, round {round_ + 1} of {EMPTY_ROUNDS} (N, then 10N): median so far "
+                f"{_median(pooled['at_n']['wall']):.1f} and {_median(pooled['at_10n']['wall']):.1f} ms")
+        for key, times in pooled.items():
+            results[key]["empty_pass_after_first_ms"] = results[key]["empty_pass_ms"]  # right after the heavy pass
+            results[key]["empty_pass_rounds_ms"] = times["wall"]
+            results[key]["empty_pass_ms"] = _median(times["wall"])
+            results[key]["empty_pass_cpu_ms"] = _median(times["cpu"])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     a, b = results["at_n"], results["at_10n"]
@@ -1203,8 +1245,10 @@ def quick(args: argparse.Namespace, now: datetime) -> int:
         f"{_s(b['queue_steps']['digest'][0])} of the wall time)",
         f"deliver at N through SMTP (aiosmtpd, counting): {a['sent']:,} in {_s(a['seconds']['deliver'])} = "
         f"{summary['deliver_msgs_per_s']:,.0f}/s ({results['smtp_received']:,} received)",
-        f"empty pass: {summary['empty_pass_ms']:.0f} ms at N, {summary['empty_pass_ms_10x']:.0f} ms at 10N "
-        f"(CPU of the process: {a['empty_pass_cpu_ms']:.1f} ms at N, {b['empty_pass_cpu_ms']:.1f} ms at 10N)",
+        f"empty pass: {summary['empty_pass_ms']:.1f} ms at N, {summary['empty_pass_ms_10x']:.1f} ms at 10N, "
+        f"medians of {EMPTY_ROUNDS} rounds of {EMPTY_PASSES} taking turns (CPU of the process: "
+        f"{a['empty_pass_cpu_ms']:.1f} ms at N, {b['empty_pass_cpu_ms']:.1f} ms at 10N; right after each "
+        f"first pass: {a['empty_pass_after_first_ms']:.1f} and {b['empty_pass_after_first_ms']:.1f} ms)",
         f"peak RSS (largest step): {summary['peak_rss_mb']:.0f} MB",
         f"ratio import/raw: {ratio_import:.2f} (goal >= 0.5: {'met' if ratio_import >= 0.5 else 'NOT met'})",
         f"ratio empty pass 10N/N: {ratio_pass:.2f} (goal <= 1.2: {'met' if ratio_pass <= 1.2 else 'NOT met'})",
