@@ -134,14 +134,15 @@ def chunked(ids: Sequence[T], size: int = 10_000) -> Iterator[Sequence[T]]:
 BULK_ROWS = 1_000
 
 
-def refresh_statistics(engine: Engine, tables: Sequence[str]) -> None:
-    """After a bulk write, on PostgreSQL: ``ANALYZE`` the tables written, so the next
+def refresh_statistics(engine: Engine, tables: Sequence[str], rows: int) -> None:
+    """After a bulk write (``rows`` of at least ``BULK_ROWS``), on PostgreSQL: ``ANALYZE``
+    the tables written, so the next
     statements are planned from what they now hold (autovacuum would, but later: a
     first pass after an import, or a delivery after a heavy morning's queueing, was
     planned for the tables as they were). ``ANALYZE`` samples: under a second at a
     million patients. SQLite is left as it is: Cobalt's SQLite plans are made for a
     database without statistics (docs/decisions.md)."""
-    if engine.dialect.name != "postgresql" or not tables:
+    if engine.dialect.name != "postgresql" or not tables or rows < BULK_ROWS:
         return
     try:
         with engine.begin() as conn:

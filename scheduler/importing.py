@@ -356,8 +356,8 @@ def import_file(engine: Engine, ctx: Context, kind: str, path: Path, *, dry_run:
                 _run(session, ctx, kind, path, rows, problems, report, reporter, dry_run)
         except _DryRun:
             pass  # rolled back: nothing written
-    if not dry_run and max(report.added, report.patients) >= db.BULK_ROWS:
-        db.refresh_statistics(engine, WRITTEN[kind])
+    if not dry_run:
+        db.refresh_statistics(engine, WRITTEN[kind], max(report.added, report.patients))
     return report
 
 

@@ -57,7 +57,7 @@ from sqlmodel import Session, col, select
 
 from models import PLANNED, Event, LabResult, MailServer, Outbox, PassMark, Patient
 from scheduler.config import Settings
-from scheduler.db import BULK_ROWS, chunked, insert_rows, refresh_statistics, transaction
+from scheduler.db import chunked, insert_rows, refresh_statistics, transaction
 from scheduler.domain import Kind
 from scheduler.export_ics import reminder_calendars
 from scheduler.mailer import (
@@ -844,8 +844,7 @@ def queue_due_messages(engine: Engine, settings: Settings, now: datetime,
         except Exception as exc:
             log.error("queueing failed (%s); the other kinds go on", type(exc).__name__)
             failure = failure or exc
-    if total >= BULK_ROWS:  # the senders' claims are planned for the queue as it now is
-        refresh_statistics(engine, ["outbox"])
+    refresh_statistics(engine, ["outbox"], total)  # the senders' claims: planned for the queue as it now is
     if failure is not None:
         raise failure
     return total
@@ -919,11 +918,13 @@ def _server_up(engine: Engine, name: str) -> None:
         )
 
 
-def _ready(now: datetime) -> Any:
-    return or_(
-        and_(col(Outbox.status) == "queued", col(Outbox.next_attempt_at) <= now),
-        and_(col(Outbox.status) == "sending", col(Outbox.claimed_until) < now),
-    )
+def _run_out(now: datetime) -> Any:
+    """Rows a sender claimed whose lease ran out (a dead sender's)."""
+    return and_(col(Outbox.status) == "sending", col(Outbox.claimed_until) < now)
+
+
+def _queued_due(now: datetime) -> Any:
+    return and_(col(Outbox.status) == "queued", col(Outbox.next_attempt_at) <= now)
 
 
 def _claim(engine: Engine, settings: Settings, now: datetime, token: str, lease_until: datetime, *,
@@ -934,7 +935,7 @@ def _claim(engine: Engine, settings: Settings, now: datetime, token: str, lease_
     on its first claim, once every ``claim_seconds`` after, and whenever nothing queued
     is left, not on every batch: after a heavy morning PostgreSQL reads the dead index
     entries of every row that passed through "sending" to find none."""
-    ready = _ready(now)
+    arms = [_run_out(now), _queued_due(now)] if take_over else [_queued_due(now)]
     with transaction(engine) as session:
         # Each status on its own, in the order of ``ix_outbox_status_next_attempt_at_id``
         # (oldest due first), so a claim of queued rows reads about a batch of that index
@@ -943,9 +944,6 @@ def _claim(engine: Engine, settings: Settings, now: datetime, token: str, lease_
         # patients). An order the primary key cannot give, so no planner walks it from the
         # first message ever sent. Run-out leases first: a dead sender's rows, a few.
         ids: list[int] = []
-        arms = [and_(col(Outbox.status) == "queued", col(Outbox.next_attempt_at) <= now)]
-        if take_over:
-            arms.insert(0, and_(col(Outbox.status) == "sending", col(Outbox.claimed_until) < now))
         for ready_of_status in arms:
             pick = (select(Outbox.id).where(ready_of_status)
                     .order_by(col(Outbox.next_attempt_at), col(Outbox.id))
@@ -959,7 +957,7 @@ def _claim(engine: Engine, settings: Settings, now: datetime, token: str, lease_
             return []
         session.execute(
             update(Outbox)
-            .where(col(Outbox.id).in_(ids), ready)
+            .where(col(Outbox.id).in_(ids), or_(*arms))
             .values(status="sending", claimed_by=token, claimed_until=lease_until)
         )
         # By id: the claimed rows, not every row in "sending" (nor its index's dead entries).

@@ -65,10 +65,10 @@ def test_a_pass_that_queues_a_heavy_morning_refreshes_the_outbox_statistics(
     assert cli.cobalt("import", "patients", cohort(cli, 6)).code == 0
     engine = db.make_engine(cli.database_url)
     try:
-        monkeypatch.setattr(outbox, "BULK_ROWS", 10**9)
+        monkeypatch.setattr(db, "BULK_ROWS", 10**9)
         assert outbox.queue_due_messages(engine, cli.settings(), datetime(2026, 3, 20, 10, tzinfo=UTC)) > 0
         assert "outbox" not in analysed(cli)
-        monkeypatch.setattr(outbox, "BULK_ROWS", 1)
+        monkeypatch.setattr(db, "BULK_ROWS", 1)
         assert outbox.queue_due_messages(engine, cli.settings(), datetime(2026, 3, 21, 10, tzinfo=UTC)) >= 1
         assert "outbox" in analysed(cli)
     finally:
